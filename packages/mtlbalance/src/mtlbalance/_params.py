@@ -1,0 +1,106 @@
+"""Parameter handling: named parameter groups and the flat (T, P) layout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+ParamSource = nn.Module | Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Mapping[str, Tensor]
+
+
+def named_params(source: ParamSource, prefix: str) -> list[tuple[str, Tensor]]:
+    """Turn a module, a mapping, or an iterable of tensors / (name, tensor) pairs into named
+    parameters that require grad. Names are used in error messages."""
+    if isinstance(source, Tensor):
+        raise TypeError(
+            f"{prefix}: got a single tensor; pass a module, a list of parameters or "
+            f"module.named_parameters()"
+        )
+    if isinstance(source, nn.Module):
+        items: list[tuple[str, Tensor]] = [
+            (f"{prefix}.{n}", p) for n, p in source.named_parameters()
+        ]
+    elif isinstance(source, Mapping):
+        items = [(f"{prefix}.{n}", p) for n, p in source.items()]
+    else:
+        items = []
+        for i, entry in enumerate(source):
+            if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+                items.append((f"{prefix}.{entry[0]}", entry[1]))
+            else:
+                items.append((f"{prefix}[{i}]", entry))  # type: ignore[arg-type]
+    out = []
+    for name, p in items:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{name} is a {type(p).__name__}, not a tensor/parameter")
+        if not p.is_leaf:
+            raise ValueError(
+                f"{name} is not a leaf tensor; pass the model's parameters, not results of "
+                f"computations on them"
+            )
+        if p.requires_grad:
+            out.append((name, p))
+    return out
+
+
+def check_disjoint(
+    shared: list[tuple[str, Tensor]], task: Mapping[str, list[tuple[str, Tensor]]]
+) -> None:
+    """A parameter may be shared or belong to exactly one task, never both, never twice."""
+    owner: dict[int, str] = {}
+    for name, p in shared:
+        if id(p) in owner:
+            raise ValueError(f"{name} is listed twice among the shared parameters ({owner[id(p)]})")
+        owner[id(p)] = name
+    for task_name, params in task.items():
+        for name, p in params:
+            if id(p) in owner:
+                raise ValueError(
+                    f"parameter {name} of task {task_name!r} is also given as {owner[id(p)]}; a "
+                    f"parameter is either shared or task-specific, not both (a parameter that "
+                    f"several tasks' losses reach belongs to the shared group)"
+                )
+            owner[id(p)] = name
+
+
+class FlatLayout:
+    """Where each shared parameter lives in a flat vector of length P (and in each row of a
+    (T, P) matrix). All parameters must share one device and dtype."""
+
+    def __init__(self, params: list[tuple[str, Tensor]]):
+        if not params:
+            raise ValueError(
+                "no shared parameters that require grad; pass the shared part of the model "
+                "(e.g. model.encoder) as `shared`"
+            )
+        self.names = [n for n, _ in params]
+        self.params = [p for _, p in params]
+        devices = {p.device for p in self.params}
+        dtypes = {p.dtype for p in self.params}
+        if len(devices) > 1 or len(dtypes) > 1:
+            raise ValueError(
+                f"all shared parameters must live on one device with one dtype, got devices "
+                f"{sorted(map(str, devices))} and dtypes {sorted(map(str, dtypes))}; move the "
+                f"model with model.to(device, dtype) first"
+            )
+        self.device = self.params[0].device
+        self.dtype = self.params[0].dtype
+        self.numels = [p.numel() for p in self.params]
+        self.offsets = [0]
+        for n in self.numels:
+            self.offsets.append(self.offsets[-1] + n)
+        self.total = self.offsets[-1]
+
+    def views(self, flat: Tensor) -> list[Tensor]:
+        """Views of a (P,) tensor, shaped like the parameters (no copy)."""
+        return [
+            flat[a:b].view_as(p)
+            for a, b, p in zip(self.offsets[:-1], self.offsets[1:], self.params, strict=True)
+        ]
+
+    def state_dtype(self) -> torch.dtype:
+        """Float32 at least: norms and moving averages of half-precision gradients are kept in
+        float32."""
+        return torch.promote_types(self.dtype, torch.float32)

@@ -1,0 +1,595 @@
+"""The Balancer: loss transform × aggregator × gradient engine."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._params import FlatLayout, ParamSource, check_disjoint, named_params
+from .aggregators.base import (
+    Aggregation,
+    Aggregator,
+    GradientAggregator,
+    LossWeighting,
+    RepresentationWeighting,
+)
+from .engines import AutoEngine, BatchingUnsupported, Engine, EngineInputs, LoopEngine, make_engine
+from .stats import BalanceStats
+from .transforms.base import LossTransform
+
+Losses = Mapping[str, Tensor] | Tensor | Sequence[Tensor]
+Representation = Tensor | Sequence[Tensor] | None
+
+_STATE_VERSION = 1
+
+
+class Balancer:
+    """Balances the gradients of several task losses, like an optimizer balances steps.
+
+    ``backward(losses)`` replaces ``sum(losses).backward()``: it transforms the losses
+    (``transform``), obtains what the aggregator needs (nothing more than one backward for
+    loss-level methods; the ``(T, P)`` per-task gradients of the shared parameters from the
+    ``engine`` for gradient-level methods; the per-task gradients at the shared representation
+    for representation-level methods), and accumulates into ``.grad``:
+
+    * shared parameters: the aggregated update;
+    * task t's own parameters: ``w_t ∇ψ_t ℓ̃_t`` (``w_t = 1`` unless the aggregator weights the
+      losses themselves, as Nash-MTL or MGDA do);
+    * the transform's own learnable parameters: ``∇ Σ_t ℓ̃_t``.
+
+    Args:
+        shared: the shared parameters (a module, an iterable of parameters, or of
+            ``(name, parameter)`` pairs). Parameters that do not require grad are ignored.
+        task_params: task name -> that task's own parameters (same forms), optional.
+        transform: a :class:`~mtlbalance.transforms.LossTransform` or its registry name.
+        aggregator: an :class:`~mtlbalance.aggregators.Aggregator` or its registry name.
+        engine: ``"auto"`` (measured on the first steps), ``"loop"``, ``"batched"``,
+            ``"representation"``, or an :class:`~mtlbalance.engines.Engine`.
+        tasks: task names in order. Defaults to the keys of ``task_params``, else of the first
+            dict of losses (positions ``"0"``, ``"1"``, … for a tensor).
+        max_update_norm: clip the norm of the shared update to this value (None: no clip).
+        check_finite: before anything reaches ``.grad`` or the aggregator's state, check that
+            losses and gradients are finite (and in the transform's domain) and raise a
+            ``FloatingPointError`` naming the task otherwise. Costs one small device-to-host
+            copy per step, after the gradients are computed. False skips it.
+        deterministic: the auto engine picks by a fixed rule instead of timing.
+        allow_unused: treat a shared parameter that no task reaches as having zero gradient
+            instead of raising.
+        chunk_size: rows per vmapped backward in the batched engines (None: all at once).
+        retain_graph: keep the autograd graph after ``backward``.
+    """
+
+    def __init__(
+        self,
+        shared: ParamSource,
+        task_params: Mapping[str, ParamSource] | None = None,
+        *,
+        transform: str | LossTransform = "identity",
+        aggregator: str | Aggregator = "sum",
+        engine: str | Engine = "auto",
+        tasks: Sequence[str] | None = None,
+        max_update_norm: float | None = None,
+        check_finite: bool = True,
+        deterministic: bool = False,
+        allow_unused: bool = False,
+        chunk_size: int | None = None,
+        retain_graph: bool = False,
+    ):
+        from .registry import resolve_aggregator, resolve_transform
+
+        self.layout = FlatLayout(named_params(shared, "shared"))
+        self._task_named: dict[str, list[tuple[str, Tensor]]] = {
+            str(k): named_params(v, f"task_params[{k!r}]") for k, v in (task_params or {}).items()
+        }
+        check_disjoint(
+            list(zip(self.layout.names, self.layout.params, strict=True)), self._task_named
+        )
+        self.transform = resolve_transform(transform)
+        self.aggregator = resolve_aggregator(aggregator)
+        if max_update_norm is not None and not max_update_norm > 0:
+            raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm}")
+        self.max_update_norm = max_update_norm
+        self.check_finite = check_finite
+        self.allow_unused = allow_unused
+        self.retain_graph = retain_graph
+        self.engine_name = engine if isinstance(engine, str) else engine.name
+        self.engine = make_engine(engine, chunk_size=chunk_size, deterministic=deterministic)
+        self.step = 0
+        self._fallback: str | None = None
+        self._task_names: tuple[str, ...] | None = None
+        self._jacobian: Tensor | None = None
+        self._update_bufs: list[Tensor] = []
+        self._update_views: list[list[Tensor]] = []
+        if tasks is not None:
+            self._setup_tasks(tuple(str(t) for t in tasks))
+        elif task_params is not None:
+            self._setup_tasks(tuple(self._task_named))
+
+    # ------------------------------------------------------------------ tasks
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        if self._task_names is None:
+            raise RuntimeError(
+                "the task names are not known yet: pass tasks=[...] (or task_params) to the "
+                "Balancer, or call backward() once"
+            )
+        return self._task_names
+
+    def _setup_tasks(self, names: tuple[str, ...]) -> None:
+        if not names:
+            raise ValueError("at least one task is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {list(names)}")
+        unknown = set(self._task_named) - set(names)
+        if unknown:
+            raise ValueError(
+                f"task_params names tasks {sorted(unknown)} that are not among the tasks "
+                f"{list(names)}"
+            )
+        self._task_names = names
+        self.transform.setup(names)
+        self.aggregator.setup(names)
+
+    # ------------------------------------------------------------------ parameters
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The balancer's own learnable parameters (UW, IMTL-L, GradNorm, …) for an optimizer."""
+        self.task_names  # noqa: B018 - raises a clear error if the tasks are not known yet
+        yield from self.transform.parameters()
+        yield from self.aggregator.parameters()
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, losses: Losses, *, representation: Representation = None) -> BalanceStats:
+        """Balance the task losses and accumulate the result into ``.grad`` (see class doc).
+
+        Args:
+            losses: dict task -> scalar loss, or a 1-D tensor / sequence of scalar losses in
+                task order.
+            representation: the shared representation(s) the task heads read; needed by the
+                representation engine and representation-level methods, ignored otherwise.
+        """
+        vec = self._loss_vector(losses)
+        zs = _representation(representation)
+        transformed = self.transform(vec)
+        if transformed.shape != vec.shape:
+            raise ValueError(
+                f"{type(self.transform).__name__} returned shape {tuple(transformed.shape)} for "
+                f"{vec.shape[0]} losses; a transform must return one value per task"
+            )
+        transform_grads = self._transform_grads(transformed)
+        kind = self.aggregator.requires
+        if kind == "jacobian":
+            stats = self._backward_jacobian(vec, transformed, zs)
+        elif kind == "losses":
+            assert isinstance(self.aggregator, LossWeighting)
+            weights = self.aggregator(vec.detach(), transformed)
+            stats = self._backward_weighted(vec, transformed, weights)
+        elif kind == "representation":
+            if zs is None:
+                raise ValueError(
+                    f"{type(self.aggregator).__name__} works on the shared representation: call "
+                    f"balancer.backward(losses, representation=z)"
+                )
+            assert isinstance(self.aggregator, RepresentationWeighting)
+            rep_jac = self._representation_jacobian(transformed, zs)
+            weights = self.aggregator(rep_jac, losses=vec.detach())
+            stats = self._backward_weighted(vec, transformed, weights)
+        else:  # pragma: no cover - guarded by the Aggregator types
+            raise ValueError(f"unknown aggregator requirement {kind!r}")
+        if transform_grads is not None:
+            _accumulate(list(self.transform.parameters()), transform_grads)
+        self.step += 1
+        return stats
+
+    def _backward_jacobian(
+        self, vec: Tensor, transformed: Tensor, zs: tuple[Tensor, ...] | None
+    ) -> BalanceStats:
+        assert isinstance(self.aggregator, GradientAggregator)
+        jac = self._jacobian_buffer(vec.shape[0])
+        inputs = EngineInputs(
+            transformed=transformed,
+            layout=self.layout,
+            task_params=[[p for _, p in self._task_named.get(n, [])] for n in self.task_names],
+            representation=zs,
+        )
+        engine_label = self._current_engine()  # "auto" during the auto engine's trial steps
+        result = self._run_engine(inputs, jac)
+        if self._fallback is not None:
+            engine_label = self._current_engine()
+        self._check_reached(result.reached)
+        norm_dtype = self.layout.state_dtype()
+        grad_norms = torch.linalg.vector_norm(jac, dim=1, dtype=norm_dtype)
+        if self.check_finite:
+            self._check(vec, grad_norms, result.task_grads)
+        update_index, update = self._update_buffer()
+        agg: Aggregation = self.aggregator(jac, update, losses=vec.detach())
+        update_norm = self._clip([update])
+        self._assign_shared(update_index)
+        task_weights = agg.task_weights
+        for t, name in enumerate(self.task_names):
+            params = [p for _, p in self._task_named.get(name, [])]
+            grads = result.task_grads[t]
+            if task_weights is not None:
+                grads = [None if g is None else g * task_weights[t] for g in grads]
+            _accumulate(params, grads)
+        return BalanceStats(
+            task_names=self.task_names,
+            losses=vec.detach(),
+            transformed=transformed.detach(),
+            grad_norms=grad_norms,
+            weights=agg.weights,
+            update_norm=update_norm,
+            engine=engine_label,
+        )
+
+    def _backward_weighted(
+        self, vec: Tensor, transformed: Tensor, weights: Tensor | None
+    ) -> BalanceStats:
+        """One backward of ``Σ_t w_t ℓ̃_t`` into shared and task parameters."""
+        if weights is not None:
+            weights = weights.detach()
+            total = (transformed * weights.to(transformed.dtype)).sum()
+        else:
+            total = transformed.sum()
+        shared = self.layout.params
+        task_lists = [[p for _, p in self._task_named.get(n, [])] for n in self.task_names]
+        flat_task = [p for ps in task_lists for p in ps]
+        grads = torch.autograd.grad(
+            total, [*shared, *flat_task], retain_graph=self.retain_graph, allow_unused=True
+        )
+        shared_grads = list(grads[: len(shared)])
+        self._check_reached([g is not None for g in shared_grads])
+        task_grads: list[list[Tensor | None]] = []
+        i = len(shared)
+        for ps in task_lists:
+            task_grads.append(list(grads[i : i + len(ps)]))
+            i += len(ps)
+        if self.check_finite:
+            self._check(vec, None, task_grads, shared_grads)
+        present = [g for g in shared_grads if g is not None]
+        update_norm = self._clip(present)
+        _accumulate(shared, shared_grads)
+        for ps, gs in zip(task_lists, task_grads, strict=True):
+            _accumulate(ps, gs)
+        return BalanceStats(
+            task_names=self.task_names,
+            losses=vec.detach(),
+            transformed=transformed.detach(),
+            grad_norms=None,
+            weights=weights,
+            update_norm=update_norm,
+            engine=None,
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def _loss_vector(self, losses: Losses) -> Tensor:
+        if isinstance(losses, Mapping):
+            names = tuple(str(k) for k in losses)
+            if self._task_names is None:
+                self._setup_tasks(names)
+            expected = self.task_names
+            unknown = [n for n in names if n not in expected]
+            missing = [n for n in expected if n not in names]
+            if unknown or missing:
+                parts = []
+                if unknown:
+                    parts.append(f"unknown task(s) {unknown}")
+                if missing:
+                    parts.append(f"missing loss for task(s) {missing}")
+                raise ValueError(
+                    f"{' and '.join(parts)}; the balancer's tasks are {list(expected)}"
+                )
+            items = [(n, losses[n]) for n in expected]
+        else:
+            if isinstance(losses, Tensor):
+                if losses.dim() != 1:
+                    raise ValueError(
+                        f"losses must be a dict task -> scalar loss or a 1-D tensor of task "
+                        f"losses; got a tensor of shape {tuple(losses.shape)}"
+                    )
+                seq: Sequence[Tensor] = list(losses.unbind(0))
+            else:
+                seq = list(losses)
+            if self._task_names is None:
+                self._setup_tasks(tuple(str(i) for i in range(len(seq))))
+            if len(seq) != len(self.task_names):
+                raise ValueError(
+                    f"got {len(seq)} losses for {len(self.task_names)} tasks "
+                    f"{list(self.task_names)}"
+                )
+            items = list(zip(self.task_names, seq, strict=True))
+        for name, loss in items:
+            if not isinstance(loss, Tensor):
+                raise TypeError(f"loss of task {name!r} is a {type(loss).__name__}, not a tensor")
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"loss of task {name!r} has shape {tuple(loss.shape)}; each task loss must be "
+                    f"a scalar (reduce it, e.g. with .mean())"
+                )
+            if not loss.requires_grad:
+                raise ValueError(
+                    f"loss of task {name!r} does not require grad; was it computed under "
+                    f"torch.no_grad() or detached?"
+                )
+        vec = torch.stack([loss.reshape(()) for _, loss in items])
+        if vec.dtype not in (torch.float32, torch.float64):
+            vec = vec.float()  # ε, logs and norms in float32 at least
+        return vec
+
+    def _transform_grads(self, transformed: Tensor) -> list[Tensor | None] | None:
+        params = [p for p in self.transform.parameters() if p.requires_grad]
+        if not params:
+            return None
+        return list(
+            torch.autograd.grad(transformed.sum(), params, retain_graph=True, allow_unused=True)
+        )
+
+    def _representation_jacobian(self, transformed: Tensor, zs: tuple[Tensor, ...]) -> Tensor:
+        rows = []
+        for t in range(transformed.shape[0]):
+            grads = torch.autograd.grad(transformed[t], zs, retain_graph=True, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (torch.zeros_like(z) if g is None else g).reshape(-1)
+                        for z, g in zip(zs, grads, strict=True)
+                    ]
+                )
+            )
+        return torch.stack(rows)
+
+    def _run_engine(self, inputs: EngineInputs, out: Tensor) -> Any:
+        if self.engine.needs_representation and inputs.representation is None:
+            raise ValueError(
+                "the representation engine needs the shared representation: call "
+                "balancer.backward(losses, representation=z)"
+            )
+        try:
+            return self.engine.compute(inputs, out, self.retain_graph)
+        except BatchingUnsupported as err:
+            warnings.warn(
+                f"mtlbalance: the {self.engine.name} engine cannot vmap {err.op}; falling back "
+                f"to the loop engine for the rest of the run (for an RNN, "
+                f"mtlbalance.without_cudnn_rnn(model) makes it batchable)",
+                stacklevel=3,
+            )
+            self._fallback = self.engine.name
+            self.engine = LoopEngine()
+            return self.engine.compute(inputs, out, self.retain_graph)
+
+    def _current_engine(self) -> str:
+        if isinstance(self.engine, AutoEngine):
+            return self.engine.current
+        return self.engine.name
+
+    def _jacobian_buffer(self, num_tasks: int) -> Tensor:
+        shape = (num_tasks, self.layout.total)
+        if self._jacobian is None or self._jacobian.shape != shape:
+            self._jacobian = torch.empty(shape, device=self.layout.device, dtype=self.layout.dtype)
+        return self._jacobian
+
+    def _update_buffer(self) -> tuple[int, Tensor]:
+        """One of two flat update buffers, the one no shared ``.grad`` is a view of (so a
+        ``.grad`` left from the last step is accumulated into, never overwritten)."""
+        if not self._update_bufs:
+            for _ in range(2):
+                buf = torch.empty(
+                    self.layout.total, device=self.layout.device, dtype=self.layout.dtype
+                )
+                self._update_bufs.append(buf)
+                self._update_views.append(self.layout.views(buf))
+        for index, views in enumerate(self._update_views):
+            if not any(
+                p.grad is not None and p.grad.data_ptr() == v.data_ptr()
+                for p, v in zip(self.layout.params, views, strict=True)
+            ):
+                return index, self._update_bufs[index]
+        raise AssertionError("unreachable: the two update buffers cannot both be in use")
+
+    def _assign_shared(self, index: int) -> None:
+        views = self._update_views[index]
+        add_to, add_from = [], []
+        for p, v in zip(self.layout.params, views, strict=True):
+            if p.grad is None:
+                p.grad = v
+            else:
+                add_to.append(p.grad)
+                add_from.append(v)
+        if add_to:
+            torch._foreach_add_(add_to, add_from)
+
+    def _clip(self, tensors: list[Tensor]) -> Tensor | None:
+        if not tensors:
+            return None
+        norm = torch.linalg.vector_norm(_norms(tensors))
+        if self.max_update_norm is None:
+            return norm
+        scale = (self.max_update_norm / (norm + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(tensors, scale.to(tensors[0].dtype))
+        return norm * scale
+
+    def _check_reached(self, reached: Sequence[bool]) -> None:
+        if self.allow_unused:
+            return
+        missing = [n for n, r in zip(self.layout.names, reached, strict=True) if not r]
+        if missing:
+            shown = ", ".join(missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            raise ValueError(
+                f"shared parameter(s) {shown} are reached by no task's loss; remove them from "
+                f"the shared parameters (or freeze them), or pass allow_unused=True"
+            )
+
+    def _check(
+        self,
+        vec: Tensor,
+        grad_norms: Tensor | None,
+        task_grads: Sequence[Sequence[Tensor | None]],
+        shared_grads: Sequence[Tensor | None] | None = None,
+    ) -> None:
+        """One device-to-host copy of per-task flags; raises before anything is written."""
+        num_tasks = vec.shape[0]
+        det = vec.detach()
+        flags = [~torch.isfinite(det)]
+        domain = self.transform.domain_violation(det)
+        flags.append(torch.zeros_like(flags[0]) if domain is None else domain)
+        flags.append(
+            torch.zeros_like(flags[0]) if grad_norms is None else ~torch.isfinite(grad_norms)
+        )
+        own = []
+        for grads in task_grads:
+            present = [g for g in grads if g is not None]
+            if present:
+                own.append(~torch.isfinite(_norms(present)).all())
+            else:
+                own.append(torch.zeros((), dtype=torch.bool, device=det.device))
+        flags.append(torch.stack(own).to(det.device))
+        shared_bad = torch.zeros((), dtype=torch.bool, device=det.device)
+        if shared_grads is not None:
+            present = [g for g in shared_grads if g is not None]
+            if present:
+                shared_bad = ~torch.isfinite(_norms(present)).all()
+        host = torch.cat([torch.stack(flags).reshape(-1), shared_bad.reshape(1)]).cpu().tolist()
+        bad_loss, bad_domain, bad_grad, bad_own = (
+            host[i * num_tasks : (i + 1) * num_tasks] for i in range(4)
+        )
+        names = self.task_names
+        values = det.cpu().tolist() if any(bad_loss) or any(bad_domain) else []
+        for t in range(num_tasks):
+            if bad_loss[t]:
+                raise FloatingPointError(
+                    f"loss of task {names[t]!r} is {values[t]}; nothing was written to .grad or "
+                    f"to the balancer's state"
+                )
+        for t in range(num_tasks):
+            if bad_domain[t]:
+                raise ValueError(
+                    f"loss of task {names[t]!r} is {values[t]:g}: {self.transform.domain_message()}"
+                )
+        for t in range(num_tasks):
+            if bad_grad[t] or bad_own[t]:
+                where = "shared" if bad_grad[t] else "task-specific"
+                raise FloatingPointError(
+                    f"the gradient of task {names[t]!r} w.r.t. its {where} parameters is not "
+                    f"finite (loss {float(det[t]):g}); nothing was written to .grad or to the "
+                    f"balancer's state"
+                )
+        if host[-1]:
+            raise FloatingPointError(
+                "the combined gradient of the shared parameters is not finite; nothing was "
+                "written to .grad or to the balancer's state"
+            )
+
+    # ------------------------------------------------------------------ hooks
+    def epoch_end(self) -> None:
+        """Call at the end of every epoch (DWA, STCH keep per-epoch loss history)."""
+        self.transform.epoch_end()
+        self.aggregator.epoch_end()
+
+    def after_step(self, losses: Losses) -> None:
+        """Call after ``optimizer.step()`` with the losses of the same batch recomputed at the
+        new parameters, for methods that need them (FAMO). No gradients are taken."""
+        with torch.no_grad():
+            if isinstance(losses, Mapping):
+                missing = [n for n in self.task_names if n not in losses]
+                if missing or len(losses) != len(self.task_names):
+                    raise ValueError(
+                        f"after_step needs one loss per task {list(self.task_names)}, got "
+                        f"{list(losses)}"
+                    )
+                vec = torch.stack([losses[n].detach().reshape(()) for n in self.task_names])
+            else:
+                vec = torch.stack([t.detach().reshape(()) for t in losses])
+        self.transform.after_step(vec)
+        self.aggregator.after_step(vec)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue a run bit for bit: step counts, moving averages,
+        learnable parameters, loss history, the engine chosen."""
+        engine_state: dict[str, Any] = {"name": self.engine.name, "state": self.engine.state()}
+        if self._fallback is not None:
+            engine_state["fallback_from"] = self._fallback
+        return {
+            "version": _STATE_VERSION,
+            "task_names": None if self._task_names is None else list(self._task_names),
+            "step": self.step,
+            "transform": self.transform.state_dict(),
+            "aggregator": self.aggregator.state_dict(),
+            "engine": engine_state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported balancer state version {state.get('version')!r}")
+        names = state.get("task_names")
+        if names is not None:
+            names = tuple(names)
+            if self._task_names is None:
+                self._setup_tasks(names)
+            elif names != self._task_names:
+                raise ValueError(
+                    f"the saved state is for tasks {list(names)}, this balancer has "
+                    f"{list(self._task_names)}"
+                )
+        self.transform.load_state_dict(state["transform"])
+        self.aggregator.load_state_dict(state["aggregator"])
+        self.step = int(state["step"])
+        engine_state = state.get("engine", {})
+        if "fallback_from" in engine_state:
+            self._fallback = engine_state["fallback_from"]
+            self.engine = LoopEngine()
+        elif engine_state.get("name") == self.engine.name:
+            self.engine.load_state(engine_state.get("state", {}))
+
+    def reset(self) -> None:
+        """Start fresh: step counts, moving averages, loss history, learnable parameters. The
+        engine the auto engine chose is kept (it describes the model, not the training)."""
+        self.transform.reset()
+        self.aggregator.reset()
+        self.step = 0
+
+    def __repr__(self) -> str:
+        tasks = list(self._task_names) if self._task_names is not None else "?"
+        return (
+            f"Balancer(tasks={tasks}, transform={self.transform}, aggregator={self.aggregator}, "
+            f"engine={self._current_engine()!r}, shared={len(self.layout.params)} tensors / "
+            f"{self.layout.total} values)"
+        )
+
+
+def _representation(rep: Representation) -> tuple[Tensor, ...] | None:
+    if rep is None:
+        return None
+    zs = (rep,) if isinstance(rep, Tensor) else tuple(rep)
+    for i, z in enumerate(zs):
+        if not isinstance(z, Tensor) or z.grad_fn is None:
+            raise ValueError(
+                f"representation[{i}] must be the output of the shared part of the model, "
+                f"attached to the autograd graph (not detached, not a leaf)"
+            )
+    return zs
+
+
+def _norms(tensors: Sequence[Tensor]) -> Tensor:
+    """Norms of each tensor, in float32 at least (half-precision squares overflow)."""
+    return torch.stack(
+        [
+            torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32))
+            for t in tensors
+        ]
+    )
+
+
+def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
+    for p, g in zip(params, grads, strict=True):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g.detach()
+        else:
+            p.grad.add_(g)
