@@ -18,7 +18,6 @@ from mtlbalance.engines import (
     LoopEngine,
     RepresentationEngine,
 )
-from mtlbalance.transforms import Log
 
 from .conftest import build_problem
 
@@ -149,12 +148,21 @@ def _conv_problem(seed: int, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 2])
-def test_all_engines_give_the_same_matrix(chunk) -> None:
+@pytest.mark.parametrize("mixing", [False, True])
+def test_all_engines_give_the_same_matrix(chunk, mixing) -> None:
+    """Same matrix from every engine, for a diagonal seed (elementwise transform: the log) and
+    for a full (T, T) seed (a transform that mixes the losses); row t = Σ_s D_ts ∇ℓ_s."""
     encoder, heads, losses, z = _conv_problem(0)
     balancer = mtlbalance.DBMTL(encoder, dict(heads))
-    transformed = Log()(torch.stack(list(losses.values())))
+    raw = list(losses.values())
+    vec = torch.stack(raw).detach()
+    if mixing:
+        seed = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    else:
+        seed = 1.0 / (vec + 1e-8)
     inputs = EngineInputs(
-        transformed=transformed,
+        losses=raw,
+        seed=seed,
         layout=balancer.layout,
         task_params=[list(h.parameters()) for h in heads.values()],
         representation=(z,),
@@ -166,10 +174,21 @@ def test_all_engines_give_the_same_matrix(chunk) -> None:
         assert torch.isfinite(out).all(), f"{engine.name} left rows unwritten"
         results[engine.name] = (out, res)
     ref, ref_res = results["loop"]
-    # row t is the gradient of transformed loss t
-    for t in range(len(losses)):
-        g = torch.autograd.grad(transformed[t], list(encoder.parameters()), retain_graph=True)
-        torch.testing.assert_close(ref[t], torch.cat([x.reshape(-1) for x in g]))
+    full = seed if mixing else torch.diag(seed)
+    raw_rows = torch.stack(
+        [
+            torch.cat(
+                [
+                    g.reshape(-1)
+                    for g in torch.autograd.grad(
+                        raw[s], list(encoder.parameters()), retain_graph=True
+                    )
+                ]
+            )
+            for s in range(3)
+        ]
+    )
+    torch.testing.assert_close(ref, full @ raw_rows)
     for name, (out, res) in results.items():
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12, msg=name)
         for t in range(3):

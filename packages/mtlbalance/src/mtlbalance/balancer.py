@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -151,22 +152,24 @@ class Balancer:
             representation: the shared representation(s) the task heads read; needed by the
                 representation engine and representation-level methods, ignored otherwise.
         """
-        vec = self._loss_vector(losses)
+        raw = self._loss_list(losses)
+        vec = torch.stack(raw)
         zs = _representation(representation)
-        transformed = self.transform(vec)
-        if transformed.shape != vec.shape:
-            raise ValueError(
-                f"{type(self.transform).__name__} returned shape {tuple(transformed.shape)} for "
-                f"{vec.shape[0]} losses; a transform must return one value per task"
-            )
-        transform_grads = self._transform_grads(transformed)
+        transformed, seed, transform_grads = self._apply_transform(vec)
+        inputs = EngineInputs(
+            losses=raw,
+            seed=seed,
+            layout=self.layout,
+            task_params=[[p for _, p in self._task_named.get(n, [])] for n in self.task_names],
+            representation=zs,
+        )
         kind = self.aggregator.requires
         if kind == "jacobian":
-            stats = self._backward_jacobian(vec, transformed, zs)
+            stats = self._backward_jacobian(vec, transformed, inputs)
         elif kind == "losses":
             assert isinstance(self.aggregator, LossWeighting)
             weights = self.aggregator(vec.detach(), transformed)
-            stats = self._backward_weighted(vec, transformed, weights)
+            stats = self._backward_weighted(vec, transformed, seed, weights)
         elif kind == "representation":
             if zs is None:
                 raise ValueError(
@@ -174,31 +177,24 @@ class Balancer:
                     f"balancer.backward(losses, representation=z)"
                 )
             assert isinstance(self.aggregator, RepresentationWeighting)
-            rep_jac = self._representation_jacobian(transformed, zs)
+            rep_jac = self._representation_jacobian(inputs, zs)
             weights = self.aggregator(rep_jac, losses=vec.detach())
-            stats = self._backward_weighted(vec, transformed, weights)
+            stats = self._backward_weighted(vec, transformed, seed, weights)
         else:  # pragma: no cover - guarded by the Aggregator types
             raise ValueError(f"unknown aggregator requirement {kind!r}")
         if transform_grads is not None:
-            _accumulate(list(self.transform.parameters()), transform_grads)
+            params = [p for p in self.transform.parameters() if p.requires_grad]
+            _accumulate(params, transform_grads)
         self.step += 1
         return stats
 
     def _backward_jacobian(
-        self, vec: Tensor, transformed: Tensor, zs: tuple[Tensor, ...] | None
+        self, vec: Tensor, transformed: Tensor, inputs: EngineInputs
     ) -> BalanceStats:
         assert isinstance(self.aggregator, GradientAggregator)
         jac = self._jacobian_buffer(vec.shape[0])
-        inputs = EngineInputs(
-            transformed=transformed,
-            layout=self.layout,
-            task_params=[[p for _, p in self._task_named.get(n, [])] for n in self.task_names],
-            representation=zs,
-        )
-        engine_label = self._current_engine()  # "auto" during the auto engine's trial steps
         result = self._run_engine(inputs, jac)
-        if self._fallback is not None:
-            engine_label = self._current_engine()
+        engine_label = self._current_engine()  # "auto" for the auto engine's trial steps
         self._check_reached(result.reached)
         norm_dtype = self.layout.state_dtype()
         grad_norms = torch.linalg.vector_norm(jac, dim=1, dtype=norm_dtype)
@@ -226,14 +222,17 @@ class Balancer:
         )
 
     def _backward_weighted(
-        self, vec: Tensor, transformed: Tensor, weights: Tensor | None
+        self, vec: Tensor, transformed: Tensor, seed: Tensor, weights: Tensor | None
     ) -> BalanceStats:
-        """One backward of ``Σ_t w_t ℓ̃_t`` into shared and task parameters."""
+        """One backward of ``Σ_t w_t ℓ̃_t`` into shared and task parameters, taken as
+        ``Σ_s c_s ℓ_s`` with ``c = wᵀ ∂ℓ̃/∂ℓ`` (one pass through every task's graph)."""
         if weights is not None:
-            weights = weights.detach()
-            total = (transformed * weights.to(transformed.dtype)).sum()
+            weights = weights.detach().to(seed.dtype)
+        if seed.dim() == 1:
+            coef = seed if weights is None else seed * weights
         else:
-            total = transformed.sum()
+            coef = seed.sum(0) if weights is None else weights @ seed
+        total = (vec * coef).sum()
         shared = self.layout.params
         task_lists = [[p for _, p in self._task_named.get(n, [])] for n in self.task_names]
         flat_task = [p for ps in task_lists for p in ps]
@@ -265,7 +264,7 @@ class Balancer:
         )
 
     # ------------------------------------------------------------------ pieces
-    def _loss_vector(self, losses: Losses) -> Tensor:
+    def _loss_list(self, losses: Losses) -> list[Tensor]:
         if isinstance(losses, Mapping):
             names = tuple(str(k) for k in losses)
             if self._task_names is None:
@@ -314,23 +313,54 @@ class Balancer:
                     f"loss of task {name!r} does not require grad; was it computed under "
                     f"torch.no_grad() or detached?"
                 )
-        vec = torch.stack([loss.reshape(()) for _, loss in items])
-        if vec.dtype not in (torch.float32, torch.float64):
-            vec = vec.float()  # ε, logs and norms in float32 at least
-        return vec
-
-    def _transform_grads(self, transformed: Tensor) -> list[Tensor | None] | None:
-        params = [p for p in self.transform.parameters() if p.requires_grad]
-        if not params:
-            return None
-        return list(
-            torch.autograd.grad(transformed.sum(), params, retain_graph=True, allow_unused=True)
+        dtype = functools.reduce(
+            torch.promote_types, [loss.dtype for _, loss in items], torch.float32
         )
+        # (ε, logs and norms in float32 at least)
+        return [loss.reshape(()).to(dtype) for _, loss in items]
 
-    def _representation_jacobian(self, transformed: Tensor, zs: tuple[Tensor, ...]) -> Tensor:
+    def _apply_transform(self, vec: Tensor) -> tuple[Tensor, Tensor, list[Tensor | None] | None]:
+        """The transform runs on a detached copy of the losses, so its Jacobian ``∂ℓ̃/∂ℓ``
+        (the engines' backward seed) and its own parameters' gradients come from a tiny graph."""
+        leaf = vec.detach().requires_grad_(True)
+        transformed = self.transform(leaf)
+        if transformed.shape != vec.shape:
+            raise ValueError(
+                f"{type(self.transform).__name__} returned shape {tuple(transformed.shape)} for "
+                f"{vec.shape[0]} losses; a transform must return one value per task"
+            )
+        params = [p for p in self.transform.parameters() if p.requires_grad]
+        if self.transform.elementwise:
+            grads = torch.autograd.grad(
+                transformed.sum(), [leaf, *params], retain_graph=False, allow_unused=True
+            )
+            seed = _zero_if_none(grads[0], leaf)
+            param_grads = list(grads[1:]) if params else None
+        else:
+            rows = [
+                _zero_if_none(
+                    torch.autograd.grad(transformed[t], leaf, retain_graph=True, allow_unused=True)[
+                        0
+                    ],
+                    leaf,
+                )
+                for t in range(vec.shape[0])
+            ]
+            seed = torch.stack(rows)
+            param_grads = (
+                list(torch.autograd.grad(transformed.sum(), params, allow_unused=True))
+                if params
+                else None
+            )
+        return transformed.detach(), seed.detach(), param_grads
+
+    def _representation_jacobian(self, inputs: EngineInputs, zs: tuple[Tensor, ...]) -> Tensor:
         rows = []
-        for t in range(transformed.shape[0]):
-            grads = torch.autograd.grad(transformed[t], zs, retain_graph=True, allow_unused=True)
+        for t in range(inputs.num_tasks):
+            outputs, seeds = inputs.row_seed(t)
+            grads = torch.autograd.grad(
+                outputs, zs, grad_outputs=seeds, retain_graph=True, allow_unused=True
+            )
             rows.append(
                 torch.cat(
                     [
@@ -407,7 +437,7 @@ class Balancer:
         norm = torch.linalg.vector_norm(_norms(tensors))
         if self.max_update_norm is None:
             return norm
-        scale = (self.max_update_norm / (norm + 1e-6)).clamp(max=1.0)
+        scale = (self.max_update_norm / norm.clamp_min(1e-30)).clamp(max=1.0)
         torch._foreach_mul_(tensors, scale.to(tensors[0].dtype))
         return norm * scale
 
@@ -573,6 +603,10 @@ def _representation(rep: Representation) -> tuple[Tensor, ...] | None:
                 f"attached to the autograd graph (not detached, not a leaf)"
             )
     return zs
+
+
+def _zero_if_none(g: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if g is None else g
 
 
 def _norms(tensors: Sequence[Tensor]) -> Tensor:

@@ -73,13 +73,16 @@ class AutoEngine(Engine):
         self.timings: dict[str, list[float]] = {}
         self.dropped: dict[str, str] = {}
         self._step = 0
+        self._last = "auto"
 
     @property
     def current(self) -> str:
-        return self.chosen or "auto"
+        """The engine that computed the last step ("auto" for a measured trial step)."""
+        return self._last
 
     def compute(self, inputs: EngineInputs, out: Tensor, retain_graph: bool) -> EngineResult:
         if self.chosen is not None:
+            self._last = self.chosen
             return self.engines[self.chosen].compute(inputs, out, retain_graph)
         candidates = [
             c
@@ -100,7 +103,7 @@ class AutoEngine(Engine):
             except BatchingUnsupported as err:
                 self._drop(name, f"no vmap batching rule for {err.op}")
                 continue
-            self.chosen = name
+            self.chosen = self._last = name
             return result
         raise RuntimeError("no engine could compute the per-task gradients")  # pragma: no cover
 
@@ -109,6 +112,7 @@ class AutoEngine(Engine):
     ) -> EngineResult:
         device = out.device
         first = self._step == 0
+        self._last = "auto"
         order = ["loop", *[c for c in candidates if c != "loop"]]
         reference: EngineResult | None = None
         for name in order:

@@ -27,17 +27,43 @@ class BatchingUnsupported(RuntimeError):
 class EngineInputs:
     """Everything an engine needs for one step.
 
+    The engines differentiate the raw task losses, each through its own graph, seeded with the
+    Jacobian of the loss transform: row t is ``∇θ ℓ̃_t = Σ_s (∂ℓ̃_t/∂ℓ_s) ∇θ ℓ_s``. For an
+    elementwise transform (log, identity, …) that is ``(dℓ̃_t/dℓ_t) ∇θ ℓ_t``, and task t's
+    backward never runs through another task's graph.
+
     Attributes:
-        transformed: the (T,) transformed losses, attached to the graph.
+        losses: the T raw task losses (scalars attached to the graph).
+        seed: ``∂ℓ̃/∂ℓ``: a (T,) diagonal for elementwise transforms, else a (T, T) matrix.
         layout: the flat layout of the shared parameters.
         task_params: per task, the task's own parameters (may be empty lists).
         representation: the shared representation(s) ``z`` the heads read, or None.
     """
 
-    transformed: Tensor
+    losses: Sequence[Tensor]
+    seed: Tensor
     layout: FlatLayout
     task_params: Sequence[Sequence[Tensor]]
     representation: tuple[Tensor, ...] | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.losses)
+
+    def row_seed(self, t: int) -> tuple[list[Tensor], list[Tensor]]:
+        """Outputs and grad_outputs whose backward gives row t (``∇ ℓ̃_t``)."""
+        if self.seed.dim() == 1:
+            return [self.losses[t]], [self.seed[t].reshape(self.losses[t].shape)]
+        return list(self.losses), [
+            self.seed[t, s].reshape(loss.shape) for s, loss in enumerate(self.losses)
+        ]
+
+    def batched_seed(self, r0: int, r1: int) -> tuple[list[Tensor], list[Tensor]]:
+        """Outputs and batched grad_outputs whose vmapped backward gives rows r0..r1-1."""
+        full = torch.diag(self.seed) if self.seed.dim() == 1 else self.seed
+        return list(self.losses), [
+            full[r0:r1, s].reshape(r1 - r0, *loss.shape) for s, loss in enumerate(self.losses)
+        ]
 
 
 @dataclass
@@ -164,7 +190,8 @@ def task_param_grads(
     targets = [*extra, *own]
     if not targets:
         return [], []
+    outputs, seeds = inputs.row_seed(t)
     grads = torch.autograd.grad(
-        inputs.transformed[t], targets, retain_graph=retain_graph, allow_unused=True
+        outputs, targets, grad_outputs=seeds, retain_graph=retain_graph, allow_unused=True
     )
     return list(grads[: len(extra)]), list(grads[len(extra) :])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from .base import Engine, EngineInputs, EngineResult, VmapCall, task_param_grads, write_row
@@ -30,17 +29,16 @@ class BatchedEngine(Engine):
         self._vmap = VmapCall(self.name)
 
     def compute(self, inputs: EngineInputs, out: Tensor, retain_graph: bool) -> EngineResult:
-        transformed = inputs.transformed
-        num_tasks = transformed.shape[0]
+        num_tasks = inputs.num_tasks
         task_grads = [task_param_grads(inputs, t, (), True)[1] for t in range(num_tasks)]
-        eye = torch.eye(num_tasks, device=transformed.device, dtype=transformed.dtype)
         chunk = self.chunk_size or num_tasks
         reached = [False] * len(inputs.layout.params)
         for r0 in range(0, num_tasks, chunk):
             r1 = min(r0 + chunk, num_tasks)
             # The first call keeps the graph so a missing batching rule can fall back cleanly.
             keep = retain_graph or r1 < num_tasks or self._vmap.calls == 0
-            grads = self._vmap([transformed], inputs.layout.params, [eye[r0:r1]], keep)
+            outputs, seeds = inputs.batched_seed(r0, r1)
+            grads = self._vmap(outputs, inputs.layout.params, seeds, keep)
             for i, g in enumerate(grads):
                 reached[i] = reached[i] or g is not None
             write_row(out[r0:r1], grads, inputs.layout)

@@ -21,14 +21,15 @@ class LoopEngine(Engine):
     def compute(self, inputs: EngineInputs, out: Tensor, retain_graph: bool) -> EngineResult:
         layout = inputs.layout
         shared = layout.params
-        num_tasks = inputs.transformed.shape[0]
+        num_tasks = inputs.num_tasks
         reached = [False] * len(shared)
         task_grads: list[list[Tensor | None]] = []
         for t in range(num_tasks):
             own = list(inputs.task_params[t])
             keep = retain_graph or t < num_tasks - 1
+            outputs, seeds = inputs.row_seed(t)
             grads = torch.autograd.grad(
-                inputs.transformed[t], [*shared, *own], retain_graph=keep, allow_unused=True
+                outputs, [*shared, *own], grad_outputs=seeds, retain_graph=keep, allow_unused=True
             )
             shared_grads = grads[: len(shared)]
             for i, g in enumerate(shared_grads):

@@ -46,8 +46,7 @@ class RepresentationEngine(Engine):
         if not self._checked:
             _check_not_nested(zs)
             self._checked = True
-        transformed = inputs.transformed
-        num_tasks = transformed.shape[0]
+        num_tasks = inputs.num_tasks
         rows: list[list[Tensor]] = [[] for _ in zs]
         task_grads: list[list[Tensor | None]] = []
         for t in range(num_tasks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -20,6 +21,9 @@ class LossTransform(nn.Module):
 
     #: Short name used in the registry and in stats.
     name: str = "transform"
+    #: True when ℓ̃_t depends on ℓ_t alone (then ∂ℓ̃/∂ℓ is diagonal and each task's backward
+    #: touches only that task's graph). Set False for transforms that mix the losses.
+    elementwise: ClassVar[bool] = True
 
     def setup(self, task_names: Sequence[str]) -> None:
         """Called once, when the task names are known (before the first forward)."""
