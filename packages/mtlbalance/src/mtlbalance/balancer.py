@@ -335,7 +335,7 @@ class Balancer:
                 transformed.sum(), [leaf, *params], retain_graph=False, allow_unused=True
             )
             seed = _zero_if_none(grads[0], leaf)
-            param_grads = list(grads[1:]) if params else None
+            param_grads: list[Tensor | None] | None = list(grads[1:]) if params else None
         else:
             rows = [
                 _zero_if_none(
