@@ -68,8 +68,8 @@ class MaxNorm(GradientAggregator):
         ema = self.ema
         if beta_k == 0.0:
             ema.copy_(jacobian)
-        else:
-            ema.mul_(beta_k).add_(jacobian, alpha=1.0 - beta_k)
+        else:  # β_k ĝ + (1 − β_k) g in one pass over the (T, P) state
+            ema.lerp_(jacobian.to(ema.dtype), 1.0 - beta_k)
         norms = torch.linalg.vector_norm(ema, dim=1)
         alpha = norms.max()
         coef = alpha / (norms + self.eps)
