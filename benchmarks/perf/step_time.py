@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import importlib.metadata
 import json
 import os
 import platform
@@ -276,8 +277,8 @@ class QM9Shape(Shape):
     def describe(self) -> str:
         return (
             f"NNConv(aggr=mean)+GRU x3 + Set2Set(3) + Linear(128,64) encoder, {self.molecules} "
-            f"random molecules of {self.atoms[0]}-{self.atoms[1]} atoms, complete graphs ({self.nodes} nodes, "
-            f"{self.edges} edges), {len(self.tasks)} heads Linear(64, 1), MSE"
+            f"random molecules of {self.atoms[0]}-{self.atoms[1]} atoms, complete graphs "
+            f"({self.nodes} nodes, {self.edges} edges), {len(self.tasks)} heads Linear(64, 1), MSE"
         )
 
     def make_data(self, gen: torch.Generator, device: torch.device) -> Any:
@@ -504,7 +505,10 @@ def run_config(
             row["error"] = f"{type(err).__name__}: {err}"
             row["traceback"] = traceback.format_exc()
     if device.type == "cuda":
-        row["peak_mib"] = mib(torch.cuda.max_memory_allocated(device))
+        # The peak of the whole configuration (build, warm-up, timed steps); measure() resets
+        # the counter after the warm-up to record the timed steps' own peak as well.
+        peak = mib(torch.cuda.max_memory_allocated(device))
+        row["peak_mib"] = max(peak, row.get("peak_warmup_mib", 0.0))
     row["wall_s"] = round(time.perf_counter() - started, 2)
     row["warnings"] = summarize_warnings(caught)
     del caught
@@ -515,7 +519,8 @@ def run_config(
 # ------------------------------------------------------------------------------------ report
 def machine_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # timezone.utc, not datetime.UTC: the script also runs on Python 3.10.
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017
         "argv": list(sys.argv),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "hostname": socket.gethostname(),
@@ -530,11 +535,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "mtlbalance_path": str(Path(mtlbalance.__file__).parent),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
-    for module in ("torchvision", "torch_geometric"):
-        try:
-            info[module] = __import__(module).__version__
-        except Exception:  # not installed: only the shapes that need it fail
-            info[module] = None
+    for dist in ("torchvision", "torch_geometric"):
+        try:  # the installed version, without importing it
+            info[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:  # only the shapes that need it fail
+            info[dist] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -620,6 +625,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"check_finite={not settings['no_check_finite']}",
         "- targets (issue, H100, full size): DB-MTL ≤ "
         + ", ".join(f"{v:g}× EW on {k}" for k, v in TARGETS.items()),
+    ]
+    for run in result["runs"]:
+        if run["run"] == result["run"]:
+            continue
+        m = run["machine"]
+        lines.append(
+            f"- rows of {', '.join(run['shapes'])} come from an earlier run (merged): "
+            f"`{m['command']}` on {m['date']}, {m.get('gpu') or m['device']}, torch {m['torch']}"
+        )
+    lines += [
         "",
         "| shape | config | median ms | IQR ms | ratio to EW | peak MiB | engine used | notes |",
         "|---|---|---:|---:|---:|---:|---|---|",
@@ -655,14 +670,39 @@ def markdown(result: dict[str, Any]) -> str:
             *summary,
         ]
     lines += ["", "Shapes:", ""]
-    lines += [f"- `{k}`: {v}" for k, v in result["shapes"].items()]
+    lines += [f"- `{k}`: {result['shapes'][k]}" for k in SHAPES if k in result["shapes"]]
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(result: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
+def load_for_merge(path: Path, shapes: Sequence[str], result: dict[str, Any]) -> None:
+    """``--merge``: keep the rows (and their runs) of the shapes this run does not measure."""
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    kept = [r for r in old.get("rows", []) if r["shape"] not in shapes]
+    used = {r.get("run") for r in kept}
+    runs = [run for run in old.get("runs", []) if run["run"] in used]
+    result["kept_rows"] = kept
+    result["runs"] = [*runs, *result["runs"]]
+    result["run"] = max(run["run"] for run in result["runs"]) + 1
+    result["runs"][-1]["run"] = result["run"]
+    for name, text in old.get("shapes", {}).items():
+        if name not in shapes:
+            result["shapes"][name] = text
+
+
+def write_outputs(
+    result: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path, stem: str
+) -> tuple[Path, Path]:
+    for row in rows:
+        row["run"] = result["run"]
+    merged = [*result.get("kept_rows", []), *rows]
+    order = {name: i for i, name in enumerate(SHAPES)}
+    result["rows"] = sorted(merged, key=lambda r: order.get(r["shape"], len(order)))
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    saved = {k: v for k, v in result.items() if k != "kept_rows"}
+    json_path.write_text(json.dumps(saved, indent=1) + "\n")
     md_path.write_text(markdown(result))
     return json_path, md_path
 
@@ -695,6 +735,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="build the balancers with check_finite=False (skips one small D2H copy per step)",
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of the other shapes already in the output file (one shape per "
+        "command, e.g. under a time limit, into one table)",
+    )
     args = parser.parse_args(argv)
     small = args.size == "small"
     if args.warmup is None:
@@ -722,27 +768,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
     tag = args.tag or device.type
     stem = f"step_time-{tag}-{args.size}"
+    settings = {
+        "tag": tag,
+        "size": args.size,
+        "shapes": args.shapes,
+        "configs": args.configs,
+        "warmup": args.warmup,
+        "auto_warmup": args.auto_warmup,
+        "steps": args.steps,
+        "seed": args.seed,
+        "no_check_finite": args.no_check_finite,
+        "optimizer": "torch.optim.Adam(lr=1e-4)",
+        "dbmtl": {"beta": 0.9, "sigma": 0.5},
+        "merge": args.merge,
+    }
+    machine = machine_info(device)
     result: dict[str, Any] = {
         "benchmark": "step_time",
-        "settings": {
-            "tag": tag,
-            "size": args.size,
-            "shapes": args.shapes,
-            "configs": args.configs,
-            "warmup": args.warmup,
-            "auto_warmup": args.auto_warmup,
-            "steps": args.steps,
-            "seed": args.seed,
-            "no_check_finite": args.no_check_finite,
-            "optimizer": "torch.optim.Adam(lr=1e-4)",
-            "dbmtl": {"beta": 0.9, "sigma": 0.5},
-        },
+        "run": 0,
+        "settings": settings,
+        "machine": machine,
         "targets_h100_ratio_to_ew": TARGETS,
-        "machine": machine_info(device),
+        "runs": [{"run": 0, "shapes": args.shapes, "settings": settings, "machine": machine}],
         "shapes": {},
         "rows": [],
     }
-    rows: list[dict[str, Any]] = result["rows"]
+    if args.merge:
+        load_for_merge(args.out / f"{stem}.json", args.shapes, result)
+    rows: list[dict[str, Any]] = []
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     total = time.perf_counter()
     for name in args.shapes:
@@ -778,11 +831,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"engine {row.get('engine_used')}, {len(row['warnings'])} warning(s), "
                     f"{row['wall_s']:.1f} s"
                 )
-            write_outputs(result, args.out, stem)
+            write_outputs(result, rows, args.out, stem)
         del data
         free_memory(device)
     result["total_wall_s"] = round(time.perf_counter() - total, 1)
-    json_path, md_path = write_outputs(result, args.out, stem)
+    json_path, md_path = write_outputs(result, rows, args.out, stem)
     print(markdown(result))
     log(f"wrote {json_path} and {md_path} ({result['total_wall_s']} s)")
     return 0

@@ -246,10 +246,11 @@ class Balancer:
         for ps in task_lists:
             task_grads.append(list(grads[i : i + len(ps)]))
             i += len(ps)
-        if self.check_finite:
-            self._check(vec, None, task_grads, shared_grads)
         present = [g for g in shared_grads if g is not None]
-        update_norm = self._clip(present)
+        shared_norms = _norms(present) if present else None
+        if self.check_finite:
+            self._check(vec, None, task_grads, shared_norms)
+        update_norm = self._clip(present, shared_norms)
         _accumulate(shared, shared_grads)
         for ps, gs in zip(task_lists, task_grads, strict=True):
             _accumulate(ps, gs)
@@ -431,10 +432,10 @@ class Balancer:
         if add_to:
             torch._foreach_add_(add_to, add_from)
 
-    def _clip(self, tensors: list[Tensor]) -> Tensor | None:
+    def _clip(self, tensors: list[Tensor], norms: Tensor | None = None) -> Tensor | None:
         if not tensors:
             return None
-        norm = torch.linalg.vector_norm(_norms(tensors))
+        norm = torch.linalg.vector_norm(_norms(tensors) if norms is None else norms)
         if self.max_update_norm is None:
             return norm
         scale = (self.max_update_norm / norm.clamp_min(1e-30)).clamp(max=1.0)
@@ -459,7 +460,7 @@ class Balancer:
         vec: Tensor,
         grad_norms: Tensor | None,
         task_grads: Sequence[Sequence[Tensor | None]],
-        shared_grads: Sequence[Tensor | None] | None = None,
+        shared_norms: Tensor | None = None,
     ) -> None:
         """One device-to-host copy of per-task flags; raises before anything is written."""
         num_tasks = vec.shape[0]
@@ -479,10 +480,8 @@ class Balancer:
                 own.append(torch.zeros((), dtype=torch.bool, device=det.device))
         flags.append(torch.stack(own).to(det.device))
         shared_bad = torch.zeros((), dtype=torch.bool, device=det.device)
-        if shared_grads is not None:
-            present = [g for g in shared_grads if g is not None]
-            if present:
-                shared_bad = ~torch.isfinite(_norms(present)).all()
+        if shared_norms is not None:
+            shared_bad = ~torch.isfinite(shared_norms).all()
         host = torch.cat([torch.stack(flags).reshape(-1), shared_bad.reshape(1)]).cpu().tolist()
         bad_loss, bad_domain, bad_grad, bad_own = (
             host[i * num_tasks : (i + 1) * num_tasks] for i in range(4)
@@ -610,10 +609,15 @@ def _zero_if_none(g: Tensor | None, like: Tensor) -> Tensor:
 
 
 def _norms(tensors: Sequence[Tensor]) -> Tensor:
-    """Norms of each tensor, in float32 at least (half-precision squares overflow)."""
+    """Norms of each tensor (float32 at least: half-precision squares overflow), with one
+    multi-tensor kernel where possible instead of one launch per tensor."""
+    if all(t.dtype in (torch.float32, torch.float64) for t in tensors):
+        by_dtype = {t.dtype for t in tensors}
+        if len(by_dtype) == 1:
+            return torch.stack(torch._foreach_norm(list(tensors)))
     return torch.stack(
         [
-            torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32))
+            torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32)).double()
             for t in tensors
         ]
     )

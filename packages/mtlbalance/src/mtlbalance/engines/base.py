@@ -105,7 +105,7 @@ def write_row(out_row: Tensor, grads: Sequence[Tensor | None], layout: FlatLayou
     torch.cat(pieces, dim=-1, out=out_row)
 
 
-_OP_RE = re.compile(r"(aten::[\w.]+)")
+_OP_RE = re.compile(r"(aten::\w+(?:\.\w+)?)")
 
 
 def batching_op(message: str) -> str:
