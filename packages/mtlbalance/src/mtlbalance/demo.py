@@ -54,7 +54,12 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def train(method: str, tasks: tuple[str, ...], data, steps: int, seed: int) -> dict[str, float]:
+Split = tuple[Tensor, dict[str, Tensor]]
+
+
+def train(
+    method: str, tasks: tuple[str, ...], data: tuple[Split, Split], steps: int, seed: int
+) -> dict[str, float]:
     (x, ys), (x_test, ys_test) = data
     torch.manual_seed(seed)
     model = Model(tasks)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher = torch.randn(19, 16, generator=gen) / 2
     data = (make_data(8192, teacher, gen), make_data(4096, teacher, gen))
     start = time.perf_counter()
-    results = {"stl": {}}
+    results: dict[str, dict[str, float]] = {"stl": {}}
     for t in TASKS:  # single-task reference: one model per task, same budget
         results["stl"].update(train("ew", (t,), data, args.steps, args.seed))
     for method in ("ew", "dbmtl"):
