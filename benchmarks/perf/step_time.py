@@ -721,7 +721,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--auto-warmup",
         type=int,
         default=None,
-        help="warm-up of dbmtl-auto (its 3 trial steps happen here); default: warmup + 3",
+        help="warm-up of dbmtl-auto (its trial steps happen here); default: warmup + 8",
     )
     parser.add_argument("--steps", type=int, default=None, help="default: 20 full, 5 small")
     parser.add_argument(
@@ -748,9 +748,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.steps is None:
         args.steps = 5 if small else 20
     if args.auto_warmup is None:
-        args.auto_warmup = args.warmup + 3
-    if args.auto_warmup < 4:
-        parser.error("--auto-warmup must be >= 4 (3 trial steps of the auto engine + 1)")
+        args.auto_warmup = args.warmup + 8
+    if args.auto_warmup < 8:
+        parser.error(
+            "--auto-warmup must be >= 8 (the auto engine's verification step and 2 timed "
+            "steps per candidate engine happen in the warm-up)"
+        )
     if args.steps < 2:
         parser.error("--steps must be >= 2")
     return args

@@ -85,7 +85,7 @@ def test_auto_catches_a_representation_that_some_parameter_bypasses() -> None:
     heads = {"a": nn.Linear(5, 1).double(), "b": nn.Linear(5, 1).double()}
     balancer = mtlbalance.DBMTL([*enc.parameters(), *skip.parameters()], heads, engine="auto")
     messages = []
-    for k in range(3):
+    for k in range(6):  # verification, then loop and batched twice each, then the choice
         x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
         z = torch.tanh(enc(x))
         losses = {

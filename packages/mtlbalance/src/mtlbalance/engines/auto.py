@@ -30,11 +30,12 @@ def synchronize(device: torch.device) -> None:
 class AutoEngine(Engine):
     """Picks an exact engine by measuring, not guessing.
 
-    On each of the first ``trials`` steps every candidate engine computes the same step (the
-    graph is kept between them): the first of these steps warms up (cuDNN autotuning, vmap
-    set-up) and checks every candidate's matrix against the loop engine's (so a
-    representation that some shared parameter bypasses is caught); the others are timed. The
-    fastest by median time is kept for the rest of the run and saved in ``state_dict`` so a
+    On the first step every candidate computes the same step (the graph is kept between them):
+    this warms them up (cuDNN autotuning, vmap set-up) and checks each candidate's matrix
+    against the loop engine's, so a representation that some shared parameter bypasses is
+    caught. Then each candidate runs ``trials`` whole steps, in turn; a step is timed from one
+    ``backward`` call to the next, so forward, optimizer and memory effects count. The fastest
+    by median step time is kept for the rest of the run and saved in ``state_dict`` so a
     resumed run does not switch. A candidate that fails (no vmap rule) or disagrees is
     dropped with a warning.
 
@@ -49,7 +50,7 @@ class AutoEngine(Engine):
         self,
         chunk_size: int | None = None,
         deterministic: bool = False,
-        trials: int = 3,
+        trials: int = 2,
         candidates: Sequence[str] = PREFERENCE,
         check_rtol: float = 1e-2,
     ):
@@ -74,6 +75,9 @@ class AutoEngine(Engine):
         self.dropped: dict[str, str] = {}
         self._step = 0
         self._last = "auto"
+        self._schedule: list[str] = []
+        self._pending: str | None = None
+        self._started = 0.0
 
     @property
     def current(self) -> str:
@@ -110,44 +114,59 @@ class AutoEngine(Engine):
     def _trial(
         self, candidates: list[str], inputs: EngineInputs, out: Tensor, retain_graph: bool
     ) -> EngineResult:
-        device = out.device
-        first = self._step == 0
+        synchronize(out.device)
+        now = time.perf_counter()
+        if self._pending is not None:  # the whole previous step, forward and optimizer included
+            self.timings.setdefault(self._pending, []).append(now - self._started)
+            self._pending = None
         self._last = "auto"
-        order = ["loop", *[c for c in candidates if c != "loop"]]
-        reference: EngineResult | None = None
-        for name in order:
-            buf = out if name == "loop" else torch.empty_like(out)
-            synchronize(device)
-            start = time.perf_counter()
+        if self._step == 0:
+            result = self._verify(candidates, inputs, out)
+            valid = [c for c in candidates if c not in self.dropped]
+            self._schedule = (
+                [c for _ in range(self.trials) for c in valid] if len(valid) > 1 else []
+            )
+            self._step += 1
+            if not self._schedule:
+                self.chosen = valid[0] if valid else "loop"
+            return result
+        self._schedule = [c for c in self._schedule if c not in self.dropped]
+        if not self._schedule:
+            measured = [c for c in candidates if c in self.timings and c not in self.dropped]
+            self.chosen = min(
+                measured or ["loop"],
+                key=lambda c: (statistics.median(self.timings.get(c, [0.0])), PREFERENCE.index(c)),
+            )
+            self._last = self.chosen
+            return self.engines[self.chosen].compute(inputs, out, retain_graph)
+        name = self._schedule.pop(0)
+        self._pending, self._started = name, now
+        self._step += 1
+        return self.engines[name].compute(inputs, out, True)
+
+    def _verify(self, candidates: list[str], inputs: EngineInputs, out: Tensor) -> EngineResult:
+        """First step: every candidate computes the same step (the graph is kept); each matrix
+        is checked against the loop engine's. Also warms every engine up (cuDNN autotuning,
+        vmap set-up), so the timed steps that follow measure the steady state."""
+        reference = self.engines["loop"].compute(inputs, out, True)
+        for name in candidates:
+            if name == "loop":
+                continue
+            buf = torch.empty_like(out)
             try:
-                result = self.engines[name].compute(inputs, buf, True)
+                self.engines[name].compute(inputs, buf, True)
             except BatchingUnsupported as err:
                 self._drop(name, f"no vmap batching rule for {err.op}")
                 continue
-            synchronize(device)
-            elapsed = time.perf_counter() - start
-            if name == "loop":
-                reference = result
-            elif first:
-                err_rel = _row_rel_error(buf, out)
-                if err_rel > self.check_rtol:
-                    why = (
-                        "some shared parameter reaches the losses without passing through the "
-                        "representation passed to backward()"
-                        if name == "representation"
-                        else "its matrix differs from the loop engine's"
-                    )
-                    self._drop(name, f"{why} (largest row relative error {err_rel:.2e})")
-                    continue
-            if not first or self.trials == 1:
-                self.timings.setdefault(name, []).append(elapsed)
-        self._step += 1
-        if self._step >= self.trials:
-            valid = [c for c in order if c in self.timings and c not in self.dropped]
-            self.chosen = min(
-                valid, key=lambda c: (statistics.median(self.timings[c]), PREFERENCE.index(c))
-            )
-        assert reference is not None
+            err_rel = _row_rel_error(buf, out)
+            if err_rel > self.check_rtol:
+                why = (
+                    "some shared parameter reaches the losses without passing through the "
+                    "representation passed to backward()"
+                    if name == "representation"
+                    else "its matrix differs from the loop engine's"
+                )
+                self._drop(name, f"{why} (largest row relative error {err_rel:.2e})")
         return reference
 
     def _drop(self, name: str, why: str) -> None:
@@ -160,6 +179,7 @@ class AutoEngine(Engine):
             "timings": {k: list(v) for k, v in self.timings.items()},
             "dropped": dict(self.dropped),
             "step": self._step,
+            "schedule": list(self._schedule),
         }
 
     def load_state(self, state: dict[str, object]) -> None:
@@ -168,6 +188,8 @@ class AutoEngine(Engine):
         self.timings = {k: list(v) for k, v in dict(state.get("timings", {})).items()}  # type: ignore[call-overload]
         self.dropped = dict(state.get("dropped", {}))  # type: ignore[call-overload]
         self._step = int(state.get("step", 0))  # type: ignore[call-overload]
+        self._schedule = list(state.get("schedule", []))  # type: ignore[call-overload]
+        self._pending = None  # a step interrupted by a checkpoint is not timed
 
 
 def _row_rel_error(candidate: Tensor, reference: Tensor) -> float:
