@@ -169,7 +169,7 @@ class Balancer:
         elif kind == "losses":
             assert isinstance(self.aggregator, LossWeighting)
             weights = self.aggregator(vec.detach(), transformed)
-            stats = self._backward_weighted(vec, transformed, seed, weights)
+            stats = self._backward_weighted(vec, transformed, inputs, weights)
         elif kind == "representation":
             if zs is None:
                 raise ValueError(
@@ -179,7 +179,7 @@ class Balancer:
             assert isinstance(self.aggregator, RepresentationWeighting)
             rep_jac = self._representation_jacobian(inputs, zs)
             weights = self.aggregator(rep_jac, losses=vec.detach())
-            stats = self._backward_weighted(vec, transformed, seed, weights)
+            stats = self._backward_weighted(vec, transformed, inputs, weights)
         else:  # pragma: no cover - guarded by the Aggregator types
             raise ValueError(f"unknown aggregator requirement {kind!r}")
         if transform_grads is not None:
@@ -205,8 +205,7 @@ class Balancer:
         update_norm = self._clip([update])
         self._assign_shared(update_index)
         task_weights = agg.task_weights
-        for t, name in enumerate(self.task_names):
-            params = [p for _, p in self._task_named.get(name, [])]
+        for t, params in enumerate(inputs.task_params):
             grads = result.task_grads[t]
             if task_weights is not None:
                 grads = [None if g is None else g * task_weights[t] for g in grads]
@@ -214,7 +213,7 @@ class Balancer:
         return BalanceStats(
             task_names=self.task_names,
             losses=vec.detach(),
-            transformed=transformed.detach(),
+            transformed=transformed,
             grad_norms=grad_norms,
             weights=agg.weights,
             update_norm=update_norm,
@@ -222,10 +221,11 @@ class Balancer:
         )
 
     def _backward_weighted(
-        self, vec: Tensor, transformed: Tensor, seed: Tensor, weights: Tensor | None
+        self, vec: Tensor, transformed: Tensor, inputs: EngineInputs, weights: Tensor | None
     ) -> BalanceStats:
         """One backward of ``Σ_t w_t ℓ̃_t`` into shared and task parameters, taken as
         ``Σ_s c_s ℓ_s`` with ``c = wᵀ ∂ℓ̃/∂ℓ`` (one pass through every task's graph)."""
+        seed = inputs.seed
         if weights is not None:
             weights = weights.detach().to(seed.dtype)
         if seed.dim() == 1:
@@ -234,7 +234,7 @@ class Balancer:
             coef = seed.sum(0) if weights is None else weights @ seed
         total = (vec * coef).sum()
         shared = self.layout.params
-        task_lists = [[p for _, p in self._task_named.get(n, [])] for n in self.task_names]
+        task_lists = inputs.task_params
         flat_task = [p for ps in task_lists for p in ps]
         grads = torch.autograd.grad(
             total, [*shared, *flat_task], retain_graph=self.retain_graph, allow_unused=True
@@ -257,7 +257,7 @@ class Balancer:
         return BalanceStats(
             task_names=self.task_names,
             losses=vec.detach(),
-            transformed=transformed.detach(),
+            transformed=transformed,
             grad_norms=None,
             weights=weights,
             update_norm=update_norm,

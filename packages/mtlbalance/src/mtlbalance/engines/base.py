@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -137,34 +138,9 @@ class VmapCall:
     ) -> tuple[Tensor | None, ...]:
         watch = self.calls < 2
         try:
-            if watch:
-                with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) if watch else nullcontext() as caught:
+                if watch:
                     warnings.simplefilter("always")
-                    grads = torch.autograd.grad(
-                        outputs,
-                        inputs,
-                        grad_outputs=grad_outputs,
-                        retain_graph=retain_graph,
-                        allow_unused=True,
-                        is_grads_batched=True,
-                    )
-                new = {
-                    batching_op(str(w.message))
-                    for w in caught
-                    if "batching rule" in str(w.message).lower()
-                } - self.slow_ops
-                for w in caught:
-                    if "batching rule" not in str(w.message).lower():
-                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-                if new:
-                    self.slow_ops |= new
-                    warnings.warn(
-                        f"mtlbalance {self.engine_name} engine: no vmap batching rule for "
-                        f"{', '.join(sorted(new))}; PyTorch loops over the task rows for "
-                        f"{'this op' if len(new) == 1 else 'these ops'} (exact, but slower)",
-                        stacklevel=4,
-                    )
-            else:
                 grads = torch.autograd.grad(
                     outputs,
                     inputs,
@@ -173,12 +149,33 @@ class VmapCall:
                     allow_unused=True,
                     is_grads_batched=True,
                 )
+            if caught:
+                self._report(caught)
         except RuntimeError as err:
             if is_batching_error(err):
                 raise BatchingUnsupported(batching_op(str(err)), err) from err
             raise
         self.calls += 1
         return grads
+
+    def _report(self, caught: list[warnings.WarningMessage]) -> None:
+        """Re-emit unrelated warnings; turn PyTorch's per-op "batching rule" fallback warnings
+        into one warning that names the new ops."""
+        new = set()
+        for w in caught:
+            if "batching rule" in str(w.message).lower():
+                new.add(batching_op(str(w.message)))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        new -= self.slow_ops
+        if new:
+            self.slow_ops |= new
+            warnings.warn(
+                f"mtlbalance {self.engine_name} engine: no vmap batching rule for "
+                f"{', '.join(sorted(new))}; PyTorch loops over the task rows for "
+                f"{'this op' if len(new) == 1 else 'these ops'} (exact, but slower)",
+                stacklevel=5,
+            )
 
 
 def task_param_grads(
