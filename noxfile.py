@@ -40,7 +40,7 @@ STAMP = VENV / ".mtl-install-stamp"
 # Workspace packages, installed editable (`pip install -e`), with their extras.
 # Adding a package or an app is one line here: "packages/<name>[extras]" / "apps/<name>[extras]".
 PACKAGES: list[str] = [
-    "packages/mtlbalance[bench,test]",
+    "packages/mtlbalance[bench,solvers,test]",
 ]
 
 # Everything else the sessions need (versions come from constraints.txt).

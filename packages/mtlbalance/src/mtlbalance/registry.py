@@ -3,20 +3,44 @@ combinations such as ``"log+ew"`` or ``"maxnorm"`` (the paper's Table 6 ablation
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .aggregators import Aggregator, MaxNorm, Sum
-from .transforms import Identity, Log, LossTransform
+from . import aggregators as aggregators_pkg
+from . import transforms as transforms_pkg
+from .aggregators import Aggregator, GramWeighting, LossWeighting, RepresentationWeighting
+from .transforms import LossTransform
 
 if TYPE_CHECKING:
     from ._params import ParamSource
     from .balancer import Balancer
 
-TRANSFORMS: dict[str, Callable[..., LossTransform]] = {"identity": Identity, "log": Log}
-AGGREGATORS: dict[str, Callable[..., Aggregator]] = {"sum": Sum, "maxnorm": MaxNorm}
+TRANSFORMS: dict[str, type[LossTransform]] = {}
+AGGREGATORS: dict[str, type[Aggregator]] = {}
+
+
+def _discover() -> None:
+    """Register every transform/aggregator class that sets ``name`` in its own body, from
+    every module of :mod:`mtlbalance.transforms` and :mod:`mtlbalance.aggregators` (one file
+    per method: adding a method is adding a file)."""
+    for package in (transforms_pkg, aggregators_pkg):
+        for module in pkgutil.iter_modules(package.__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{module.name}")
+    for base, table in ((LossTransform, TRANSFORMS), (Aggregator, AGGREGATORS)):
+        stack: list[type] = [base]
+        while stack:
+            cls = stack.pop()
+            stack.extend(cls.__subclasses__())
+            name = cls.__dict__.get("name")
+            if name and cls.__module__.startswith("mtlbalance."):
+                if name in table and table[name] is not cls:
+                    raise RuntimeError(f"two classes register {name!r}: {table[name]} and {cls}")
+                table[name] = cls
 
 
 @dataclass(frozen=True)
@@ -34,12 +58,14 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register_transform(name: str, factory: Callable[..., LossTransform]) -> None:
+def register_transform(name: str, factory: type[LossTransform]) -> None:
+    """Register a user-defined transform (also usable as the method ``name`` with ``sum``)."""
     _check_new(name, TRANSFORMS)
     TRANSFORMS[name] = factory
 
 
-def register_aggregator(name: str, factory: Callable[..., Aggregator]) -> None:
+def register_aggregator(name: str, factory: type[Aggregator]) -> None:
+    """Register a user-defined aggregator (also usable as the method ``name``)."""
     _check_new(name, AGGREGATORS)
     AGGREGATORS[name] = factory
 
@@ -70,6 +96,8 @@ def _check_new(name: str, table: Mapping[str, Any]) -> None:
         raise ValueError(f"{name!r} is already registered")
 
 
+_discover()
+
 register_method(
     "ew",
     "identity",
@@ -87,9 +115,79 @@ register_method(
 )
 
 
+if "imtl_l" in TRANSFORMS and "imtl_g" in AGGREGATORS:
+    register_method(
+        "imtl",
+        "imtl_l",
+        "imtl_g",
+        reference="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021 (hybrid IMTL)",
+        description="IMTL-L learned loss scales with IMTL-G gradient weights",
+    )
+
+
 def available() -> list[str]:
-    """Every preset name, plus the bare aggregator names (identity transform)."""
-    return sorted(set(METHODS) | set(AGGREGATORS))
+    """Every method name: presets, bare aggregators (identity transform) and loss-level
+    transforms (with the ``sum`` aggregator)."""
+    return sorted(set(METHODS) | set(AGGREGATORS) | (set(TRANSFORMS) - {"identity", "log"}))
+
+
+def needs(aggregator: type[Aggregator]) -> str:
+    """What an aggregator reads: losses, the Gram matrix, the full per-task gradients, or the
+    per-task gradients at the shared representation."""
+    if issubclass(aggregator, LossWeighting):
+        return "losses"
+    if issubclass(aggregator, GramWeighting):
+        return "Gram matrix (T×T)"
+    if issubclass(aggregator, RepresentationWeighting):
+        return "representation gradients (T×R)"
+    return "per-task gradients (T×P)"
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {
+        n: p.default
+        for n, p in inspect.signature(cls).parameters.items()
+        if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD
+    }
+
+
+def method_rows() -> list[dict[str, str]]:
+    """One row per method, as in docs/methods.md."""
+    rows = []
+    for name in available():
+        transform, aggregator, preset = parse(name)
+        t_cls, a_cls = TRANSFORMS[transform], AGGREGATORS[aggregator]
+        main: type[Aggregator] | type[LossTransform] = (
+            a_cls if aggregator != "sum" or transform == "identity" else t_cls
+        )
+        named = [c for c in (t_cls, a_cls) if c.__dict__.get("name") not in ("identity", "sum")]
+        defaults = {**_defaults(t_cls), **_defaults(a_cls), **preset}
+        gradient_level = aggregator != "sum" and not issubclass(a_cls, LossWeighting)
+        rows.append(
+            {
+                "method": name,
+                "class": ", ".join(
+                    f"`{c.__module__.removeprefix('mtlbalance.')}.{c.__name__}`"
+                    for c in dict.fromkeys(named or [main])
+                ),
+                "reference": (METHODS[name].reference if name in METHODS else main.reference),
+                "defaults": ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "—",
+                "needs": needs(a_cls),
+                "cost": a_cls.cost if gradient_level else t_cls.cost,
+                "log": "yes" if gradient_level and transform == "identity" else "—",
+            }
+        )
+    return rows
+
+
+def methods_table() -> str:
+    """The Markdown table of docs/methods.md (a test keeps the file equal to it)."""
+    cols = ["method", "class", "reference", "defaults", "needs", "cost", "log"]
+    head = "| method | class | reference | defaults | needs | cost per step | `log+` |"
+    lines = [head, "|" + "---|" * len(cols)]
+    for row in method_rows():
+        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def parse(spec: str) -> tuple[str, str, dict[str, Any]]:
@@ -103,6 +201,8 @@ def parse(spec: str) -> tuple[str, str, dict[str, Any]]:
         transform, aggregator, defaults = m.transform, m.aggregator, dict(m.defaults)
     elif head in AGGREGATORS:
         transform, aggregator, defaults = "identity", head, {}
+    elif head in TRANSFORMS and head not in ("identity", "log"):
+        transform, aggregator, defaults = head, "sum", {}
     else:
         raise ValueError(f"unknown method {head!r}; available: {', '.join(available())}")
     if len(parts) == 2:
@@ -111,6 +211,11 @@ def parse(spec: str) -> tuple[str, str, dict[str, Any]]:
         if transform != "identity":
             raise ValueError(
                 f"{head!r} already has the {transform!r} transform; {spec!r} would apply two"
+            )
+        if issubclass(AGGREGATORS[aggregator], LossWeighting) and aggregator != "sum":
+            raise ValueError(
+                f"{head!r} weights the losses themselves; the log combination is for "
+                f"gradient-level methods"
             )
         transform = parts[0]
     return transform, aggregator, defaults

@@ -40,9 +40,18 @@ class Aggregation:
 
 class Aggregator(nn.Module):
     """Base class of every aggregator. Holds state as module parameters/buffers or as extra
-    state, so ``state_dict()`` carries it."""
+    state, so ``state_dict()`` carries it.
 
-    name: ClassVar[str] = "aggregator"
+    A subclass that sets ``name`` in its own body is registered under that name (see
+    :mod:`mtlbalance.registry`); it also sets ``reference`` (the paper) and ``cost`` (the
+    work per step beyond what its ``requires`` already costs), and its constructor's keyword
+    defaults are the paper's hyperparameters.
+    """
+
+    name: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    cost: ClassVar[str] = ""
+    randomized: ClassVar[bool] = False
     requires: ClassVar[Requirement] = "jacobian"
 
     def setup(self, task_names: Sequence[str]) -> None:
@@ -62,6 +71,7 @@ class LossWeighting(Aggregator):
     """Weights from the losses; the update is one backward of ``Σ_t w_t ℓ̃_t``."""
 
     requires: ClassVar[Requirement] = "losses"
+    cost: ClassVar[str] = "one backward (as EW)"
 
     def forward(self, losses: Tensor, transformed: Tensor) -> Tensor | None:
         """Return weights (T,) or None for all ones (which skips the multiplication)."""

@@ -34,6 +34,10 @@ class MaxNorm(GradientAggregator):
     """
 
     name: ClassVar[str] = "maxnorm"
+    reference: ClassVar[str] = (
+        "Lin et al., Dual-Balancing for Multi-Task Learning, arXiv:2308.12029 (Section 3.2)"
+    )
+    cost: ClassVar[str] = "O(T·P) memory-bound passes; (T, P) EMA state"
 
     def __init__(self, beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8):
         super().__init__()

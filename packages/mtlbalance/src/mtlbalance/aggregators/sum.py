@@ -18,6 +18,7 @@ class Sum(LossWeighting):
     """
 
     name: ClassVar[str] = "sum"
+    reference: ClassVar[str] = "Equal weighting (EW), the baseline of every MTL paper"
 
     def forward(self, losses: Tensor, transformed: Tensor) -> None:
         return None

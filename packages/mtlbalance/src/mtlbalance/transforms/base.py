@@ -19,8 +19,12 @@ class LossTransform(nn.Module):
     The transform's own parameters receive the gradient of ``sum_t transformed_t``.
     """
 
-    #: Short name used in the registry and in stats.
-    name: str = "transform"
+    #: Registry name; a subclass that sets it in its own body is registered (with the
+    #: ``sum`` aggregator as the method of the same name). Also set ``reference``.
+    name: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    cost: ClassVar[str] = "one backward (as EW)"
+    randomized: ClassVar[bool] = False
     #: True when ℓ̃_t depends on ℓ_t alone (then ∂ℓ̃/∂ℓ is diagonal and each task's backward
     #: touches only that task's graph). Set False for transforms that mix the losses.
     elementwise: ClassVar[bool] = True

@@ -19,6 +19,7 @@ class Log(LossTransform):
     """
 
     name = "log"
+    reference = "Lin et al., Dual-Balancing for Multi-Task Learning, arXiv:2308.12029 (Section 3.1)"
 
     def __init__(self, eps: float = 1e-8):
         super().__init__()
