@@ -128,7 +128,8 @@ if "imtl_l" in TRANSFORMS and "imtl_g" in AGGREGATORS:
 def available() -> list[str]:
     """Every method name: presets, bare aggregators (identity transform) and loss-level
     transforms (with the ``sum`` aggregator)."""
-    return sorted(set(METHODS) | set(AGGREGATORS) | (set(TRANSFORMS) - {"identity", "log"}))
+    names = set(METHODS) | set(AGGREGATORS) | (set(TRANSFORMS) - {"identity", "log"})
+    return sorted(names - {"sum"})  # "sum" is EW
 
 
 def needs(aggregator: type[Aggregator]) -> str:
