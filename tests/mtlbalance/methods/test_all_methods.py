@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,14 @@ from mtlbalance.methods_doc import render
 from ..conftest import build_problem
 
 METHODS = mtlbalance.available()
+#: every gradient-level method with DB-MTL's log transform (the paper's Figure 1)
+LOG_COMBINATIONS = [
+    f"log+{name}"
+    for name in METHODS
+    if name in registry.AGGREGATORS
+    and not issubclass(registry.AGGREGATORS[name], LossWeighting)
+    and registry.parse(name)[0] == "identity"
+]
 #: constructor arguments a method cannot do without
 REQUIRED = {"stl": {"task": "t1"}}
 #: methods that train a subset of the tasks by design
@@ -69,7 +78,7 @@ def sample_draws(balancer, steps: int, num_tasks: int) -> list[list[torch.Tensor
     return out
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + LOG_COMBINATIONS)
 def test_permuting_tasks_permutes_the_result(method: str) -> None:
     base = build_problem(seed=0, num_tasks=3, scales=[0.5, 2.0, 7.0])
     perm = [2, 0, 1]
@@ -197,7 +206,7 @@ def toy_losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return f1 * c1 + f1_sq * c2 + 30, f2 * c1 + f2_sq * c2 + 30
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + LOG_COMBINATIONS)
 @pytest.mark.parametrize("start", [(-8.5, 7.5), (9.0, 9.0)])
 def test_toy_problem_decreases_both_losses(method: str, start: tuple[float, float]) -> None:
     x = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
@@ -224,6 +233,21 @@ def test_toy_problem_decreases_both_losses(method: str, start: tuple[float, floa
             assert end_losses[i] < start_losses[i], (
                 f"{method}: {name} {start_losses[i]} -> {end_losses[i]}"
             )
+
+
+def test_log_combines_with_every_gradient_method() -> None:
+    assert len(LOG_COMBINATIONS) >= 15
+    for spec in LOG_COMBINATIONS:
+        transform, aggregator, _ = registry.parse(spec)
+        assert transform == "log" and aggregator == spec.removeprefix("log+")
+
+
+def test_missing_solver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
+    problem = build_problem(seed=0, num_tasks=2)
+    with pytest.raises(ImportError, match=r"mtlbalance\[solvers\]"):
+        mtlbalance.make("cagrad", problem.encoder, dict(problem.heads))
 
 
 def test_every_method_is_documented() -> None:
