@@ -41,3 +41,15 @@ class RandomDraws:
 
 def gaussian(num_tasks: int, like: Tensor) -> Tensor:
     return torch.randn(num_tasks, device=like.device, dtype=like.dtype)
+
+
+class PairwiseOrderDraws(RandomDraws):
+    """Draws of methods in which every task visits the others in its own random order
+    (PCGrad, GradVac): a (T, T) matrix of keys, row t ordering the other tasks."""
+
+    def sample_draws(self, num_tasks: int, like: Tensor) -> Tensor:
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        return torch.rand(num_tasks, num_tasks, device=like.device, dtype=dtype)
+
+    def permute_draws(self, draws: Tensor, perm: Tensor) -> Tensor:
+        return draws[perm][:, perm]

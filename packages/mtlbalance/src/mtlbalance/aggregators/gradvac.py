@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .._random import RandomDraws
+from .._random import PairwiseOrderDraws
 from .base import GramWeighting
 from .pcgrad import visiting_orders
 
@@ -16,7 +16,7 @@ from .pcgrad import visiting_orders
 _TARGET_MARGIN = 1e-6
 
 
-class GradVac(RandomDraws, GramWeighting):
+class GradVac(PairwiseOrderDraws, GramWeighting):
     r"""Gradient Vaccine (GradVac), whole-model granularity.
 
     For each task t, with ``g'_t = g_t`` at first, visiting the OTHER tasks s in a random order,
@@ -61,13 +61,6 @@ class GradVac(RandomDraws, GramWeighting):
             raise ValueError(f"beta must be in [0, 1], got {beta}")
         self.beta = float(beta)
         self.target: Tensor | None = None  # φ̂, (T, T) CPU float64
-
-    def sample_draws(self, num_tasks: int, like: Tensor) -> Tensor:
-        dtype = like.dtype if like.is_floating_point() else torch.float32
-        return torch.rand(num_tasks, num_tasks, device=like.device, dtype=dtype)
-
-    def permute_draws(self, draws: Tensor, perm: Tensor) -> Tensor:
-        return draws[perm][:, perm]
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor) -> Tensor:
         num_tasks = gram.shape[0]

@@ -7,11 +7,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .._random import RandomDraws
+from .._random import PairwiseOrderDraws
 from .base import GramWeighting
 
 
-class PCGrad(RandomDraws, GramWeighting):
+class PCGrad(PairwiseOrderDraws, GramWeighting):
     r"""Projecting Conflicting Gradients ("gradient surgery").
 
     For each task t, with ``p_t = g_t`` at first, visiting the OTHER tasks s in a random order::
@@ -36,13 +36,6 @@ class PCGrad(RandomDraws, GramWeighting):
     name: ClassVar[str] = "pcgrad"
     reference: ClassVar[str] = "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020"
     cost: ClassVar[str] = "T×T Gram + O(T³) projections on the host (one sync)"
-
-    def sample_draws(self, num_tasks: int, like: Tensor) -> Tensor:
-        dtype = like.dtype if like.is_floating_point() else torch.float32
-        return torch.rand(num_tasks, num_tasks, device=like.device, dtype=dtype)
-
-    def permute_draws(self, draws: Tensor, perm: Tensor) -> Tensor:
-        return draws[perm][:, perm]
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor) -> Tensor:
         num_tasks = gram.shape[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 
@@ -51,3 +52,41 @@ class LossTransform(nn.Module):
 
     def reset(self) -> None:
         """Forget all training state (learnable parameters back to their initial values)."""
+
+
+class LearnedScales(LossTransform):
+    """Base of transforms with one learned scalar per task, ``s`` (initialised at 0), created
+    when the tasks are known and moved to the losses' device on the first forward. ``s`` is
+    the balancer's own parameter: give ``balancer.parameters()`` to the optimizer."""
+
+    s: nn.Parameter
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        self.s = nn.Parameter(torch.zeros(len(task_names)))
+
+    def scales(self, losses: Tensor) -> Tensor:
+        if self.s.device != losses.device:
+            self.s.data = self.s.data.to(losses.device)
+        return self.s
+
+    def reset(self) -> None:
+        if "s" in self._parameters:
+            with torch.no_grad():
+                self.s.zero_()
+
+
+class LogDomain:
+    """Mixin of transforms that take ``log(ℓ + ε)``: losses must be greater than ``-ε``."""
+
+    eps: float
+    #: how the message names the transform, e.g. "the log transform"
+    domain_subject: ClassVar[str] = "this transform"
+
+    def domain_violation(self, losses: Tensor) -> Tensor:
+        return losses <= -self.eps
+
+    def domain_message(self) -> str:
+        return (
+            f"{self.domain_subject} needs losses > -eps (eps={self.eps:g}); use a non-negative "
+            f"loss (e.g. MSE, cross-entropy), shift it, or use a method without the log"
+        )

@@ -7,10 +7,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import LossTransform
+from .base import LogDomain, LossTransform
 
 
-class GLS(LossTransform):
+class GLS(LogDomain, LossTransform):
     r"""Geometric loss strategy: minimise ``G = (Π_t (ℓ_t + ε))^{1/T}``.
 
     ``∂G/∂ℓ_t = G / (T (ℓ_t + ε))``: GLS is the log transform with one common, moving scale
@@ -30,6 +30,7 @@ class GLS(LossTransform):
     """
 
     name: ClassVar[str] = "gls"
+    domain_subject = "GLS (a geometric mean of the losses)"
     reference: ClassVar[str] = (
         "Chennupati et al., MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss "
         "Strategy for Multi-Task Learning, CVPR Workshops 2019"
@@ -56,15 +57,6 @@ class GLS(LossTransform):
         # value factor·(ℓ+ε) = G/T; gradient factor. The correction keeps the value exact.
         scaled = factor * shifted
         return scaled + (share - scaled).detach()
-
-    def domain_violation(self, losses: Tensor) -> Tensor:
-        return losses <= -self.eps
-
-    def domain_message(self) -> str:
-        return (
-            f"GLS takes the geometric mean of the losses and needs losses > -eps "
-            f"(eps={self.eps:g}); use non-negative losses"
-        )
 
     def extra_repr(self) -> str:
         return f"eps={self.eps:g}"

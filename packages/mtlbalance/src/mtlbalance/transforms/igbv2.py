@@ -10,13 +10,13 @@ from torch import Tensor
 
 from .._random import RandomDraws, gaussian
 from ._sac import SACAgent, SACConfig
-from .base import LossTransform
+from .base import LogDomain, LossTransform
 from .dwa import accumulate
 
 _STATE_MAX = 1e4  # normalised losses are clipped to [0, 1e4] before they reach the agent
 
 
-class IGBv2(RandomDraws, LossTransform):
+class IGBv2(RandomDraws, LogDomain, LossTransform):
     r"""IGBv2: ``ℓ̃_t = w_t log(ℓ_t + ε)`` with weights ``w`` (positive, summing to T) chosen
     each step by a soft actor-critic (SAC) agent, as in the official code:
 
@@ -69,6 +69,7 @@ class IGBv2(RandomDraws, LossTransform):
     """
 
     name: ClassVar[str] = "igbv2"
+    domain_subject = "IGBv2 (on log losses)"
     reference: ClassVar[str] = (
         "Dai et al., Improvable Gap Balancing for Multi-Task Learning, UAI 2023"
     )
@@ -213,15 +214,6 @@ class IGBv2(RandomDraws, LossTransform):
             self.base = self.running / self.count.clamp_min(1)
             self.running, self.count = None, None
         self.epoch += 1
-
-    def domain_violation(self, losses: Tensor) -> Tensor:
-        return losses <= -self.eps
-
-    def domain_message(self) -> str:
-        return (
-            f"IGBv2 weights log losses and needs losses > -eps (eps={self.eps:g}); use "
-            f"non-negative losses"
-        )
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:

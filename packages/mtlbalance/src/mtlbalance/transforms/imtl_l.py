@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import LossTransform
+from .base import LearnedScales
 
 
-class IMTLL(LossTransform):
+class IMTLL(LearnedScales):
     r"""IMTL-L: ``ℓ̃_t = exp(s_t) ℓ_t − s_t`` with learned scales ``s_t`` (initialised at 0),
     trained jointly with the model.
 
@@ -32,17 +31,6 @@ class IMTLL(LossTransform):
     reference: ClassVar[str] = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
     cost: ClassVar[str] = "one backward (as EW); T learned scalars"
 
-    s: nn.Parameter
-
-    def setup(self, task_names: Sequence[str]) -> None:
-        self.s = nn.Parameter(torch.zeros(len(task_names)))
-
     def forward(self, losses: Tensor) -> Tensor:
-        if self.s.device != losses.device:
-            self.s.data = self.s.data.to(losses.device)
-        return torch.exp(self.s) * losses - self.s
-
-    def reset(self) -> None:
-        if "s" in self._parameters:
-            with torch.no_grad():
-                self.s.zero_()
+        s = self.scales(losses)
+        return torch.exp(s) * losses - s

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import LossTransform
+from .base import LogDomain, LossTransform
 
 
-class Log(LossTransform):
+class Log(LogDomain, LossTransform):
     r"""``ℓ̃_t = log(ℓ_t + ε)``, so ``∇ℓ̃_t = ∇ℓ_t / (ℓ_t + ε)``: every loss gets scale 1.
 
     Scale-balancing loss transformation of DB-MTL (Lin et al., "Dual-Balancing for Multi-Task
@@ -19,6 +19,7 @@ class Log(LossTransform):
     """
 
     name = "log"
+    domain_subject = "the log transform"
     reference = "Lin et al., Dual-Balancing for Multi-Task Learning, arXiv:2308.12029 (Section 3.1)"
 
     def __init__(self, eps: float = 1e-8):
@@ -29,15 +30,6 @@ class Log(LossTransform):
 
     def forward(self, losses: Tensor) -> Tensor:
         return torch.log(losses + self.eps)
-
-    def domain_violation(self, losses: Tensor) -> Tensor:
-        return losses <= -self.eps
-
-    def domain_message(self) -> str:
-        return (
-            f"the log transform needs losses > -eps (eps={self.eps:g}); use a non-negative "
-            f"loss (e.g. MSE, cross-entropy), shift it, or use a method without the log"
-        )
 
     def extra_repr(self) -> str:
         return f"eps={self.eps:g}"

@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .base import LossTransform
+from .base import LogDomain, LossTransform
 from .dwa import accumulate
 
 
-class STCH(LossTransform):
+class STCH(LogDomain, LossTransform):
     r"""Smooth Tchebycheff scalarisation, in the form of the paper's multi-task experiments
     (official code, also LibMTL)::
 
@@ -43,6 +43,7 @@ class STCH(LossTransform):
     """
 
     name: ClassVar[str] = "stch"
+    domain_subject = "STCH (on log losses)"
     reference: ClassVar[str] = (
         "Lin et al., Smooth Tchebycheff Scalarization for Multi-Objective Optimization, ICML 2024"
     )
@@ -130,15 +131,6 @@ class STCH(LossTransform):
             self.nadir = self.running / self.count.clamp_min(1)
             self.running, self.count = None, None
         self.epoch += 1
-
-    def domain_violation(self, losses: Tensor) -> Tensor:
-        return losses <= -self.eps
-
-    def domain_message(self) -> str:
-        return (
-            f"STCH works on log losses and needs losses > -eps (eps={self.eps:g}); use "
-            f"non-negative losses"
-        )
 
     def reset(self) -> None:
         self._fresh()

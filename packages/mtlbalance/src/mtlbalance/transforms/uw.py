@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import LossTransform
+from .base import LearnedScales
 
 
-class UW(LossTransform):
+class UW(LearnedScales):
     r"""Uncertainty weighting: ``ℓ̃_t = exp(−s_t) ℓ_t + s_t`` with learned log-variances
     ``s_t = log σ_t²`` (initialised at 0), trained jointly with the model.
 
@@ -37,17 +36,6 @@ class UW(LossTransform):
     )
     cost: ClassVar[str] = "one backward (as EW); T learned scalars"
 
-    s: nn.Parameter
-
-    def setup(self, task_names: Sequence[str]) -> None:
-        self.s = nn.Parameter(torch.zeros(len(task_names)))
-
     def forward(self, losses: Tensor) -> Tensor:
-        if self.s.device != losses.device:
-            self.s.data = self.s.data.to(losses.device)
-        return torch.exp(-self.s) * losses + self.s
-
-    def reset(self) -> None:
-        if "s" in self._parameters:
-            with torch.no_grad():
-                self.s.zero_()
+        s = self.scales(losses)
+        return torch.exp(-s) * losses + s
