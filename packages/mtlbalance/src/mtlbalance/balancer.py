@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,9 +19,12 @@ from .aggregators.base import (
     LossWeighting,
     RepresentationWeighting,
 )
+from .aggregators.sum import Sum
 from .engines import AutoEngine, BatchingUnsupported, Engine, EngineInputs, LoopEngine, make_engine
+from .engines.base import write_row
 from .stats import BalanceStats
 from .transforms.base import LossTransform
+from .transforms.identity import Identity
 
 Losses = Mapping[str, Tensor] | Tensor | Sequence[Tensor]
 Representation = Tensor | Sequence[Tensor] | None
@@ -105,6 +109,7 @@ class Balancer:
         self._jacobian: Tensor | None = None
         self._update_bufs: list[Tensor] = []
         self._update_views: list[list[Tensor]] = []
+        self._acc: _Accumulation | None = None
         if tasks is not None:
             self._setup_tasks(tuple(str(t) for t in tasks))
         elif task_params is not None:
@@ -153,6 +158,11 @@ class Balancer:
                 representation engine and representation-level methods, ignored otherwise.
         """
         raw = self._loss_list(losses)
+        if self._acc is not None:
+            raise RuntimeError(
+                f"{self._acc.count} accumulated micro-batch(es) are pending: finish them with "
+                f"backward_accumulated() (or give this one to accumulate() first)"
+            )
         vec = torch.stack(raw)
         zs = _representation(representation)
         transformed, seed, transform_grads = self._apply_transform(vec)
@@ -191,22 +201,36 @@ class Balancer:
     def _backward_jacobian(
         self, vec: Tensor, transformed: Tensor, inputs: EngineInputs
     ) -> BalanceStats:
-        assert isinstance(self.aggregator, GradientAggregator)
         jac = self._jacobian_buffer(vec.shape[0])
         result = self._run_engine(inputs, jac)
         engine_label = self._current_engine()  # "auto" for the auto engine's trial steps
         self._check_reached(result.reached)
+        return self._finish_jacobian(
+            vec, transformed, jac, result.task_grads, inputs.task_params, engine_label
+        )
+
+    def _finish_jacobian(
+        self,
+        vec: Tensor,
+        transformed: Tensor,
+        jac: Tensor,
+        task_grads: list[list[Tensor | None]],
+        task_params: Sequence[Sequence[Tensor]],
+        engine_label: str | None,
+    ) -> BalanceStats:
+        """Check, aggregate and write, given the (T, P) rows ∇θ ℓ̃_t and the task gradients."""
+        assert isinstance(self.aggregator, GradientAggregator)
         norm_dtype = self.layout.state_dtype()
         grad_norms = torch.linalg.vector_norm(jac, dim=1, dtype=norm_dtype)
         if self.check_finite:
-            self._check(vec, grad_norms, result.task_grads)
+            self._check(vec, grad_norms, task_grads)
         update_index, update = self._update_buffer()
         agg: Aggregation = self.aggregator(jac, update, losses=vec.detach())
         update_norm = self._clip([update])
         self._assign_shared(update_index)
         task_weights = agg.task_weights
-        for t, params in enumerate(inputs.task_params):
-            grads = result.task_grads[t]
+        for t, params in enumerate(task_params):
+            grads = task_grads[t]
             if task_weights is not None:
                 grads = [None if g is None else g * task_weights[t] for g in grads]
             _accumulate(params, grads)
@@ -225,14 +249,9 @@ class Balancer:
     ) -> BalanceStats:
         """One backward of ``Σ_t w_t ℓ̃_t`` into shared and task parameters, taken as
         ``Σ_s c_s ℓ_s`` with ``c = wᵀ ∂ℓ̃/∂ℓ`` (one pass through every task's graph)."""
-        seed = inputs.seed
         if weights is not None:
-            weights = weights.detach().to(seed.dtype)
-        if seed.dim() == 1:
-            coef = seed if weights is None else seed * weights
-        else:
-            coef = seed.sum(0) if weights is None else weights @ seed
-        total = (vec * coef).sum()
+            weights = weights.detach()
+        total = (vec * _combine(inputs.seed, weights)).sum()
         shared = self.layout.params
         task_lists = inputs.task_params
         flat_task = [p for ps in task_lists for p in ps]
@@ -257,6 +276,154 @@ class Balancer:
         return BalanceStats(
             task_names=self.task_names,
             losses=vec.detach(),
+            transformed=transformed,
+            grad_norms=None,
+            weights=weights,
+            update_norm=update_norm,
+            engine=None,
+        )
+
+    # ------------------------------------------------------------------ accumulation
+    def accumulate(self, losses: Losses, *, representation: Representation = None) -> None:
+        """Gradient accumulation: store one micro-batch's raw per-task gradients and losses;
+        nothing is written to ``.grad``. After the last micro-batch, :meth:`backward_accumulated`
+        transforms and aggregates ONCE, on the means over the micro-batches: the result equals
+        ``backward`` on the whole batch (for mean-reduced losses on equal micro-batches), since
+        ``∇ log(mean_m ℓ_m) = mean_m ∇ℓ_m / mean_m ℓ_m`` — not the mean of per-micro-batch
+        balanced updates. DB-MTL's step count k advances once per optimizer step.
+
+        Costs one backward per task per micro-batch (one in all for EW) and a second (T, P)
+        buffer. Representation-level methods (MGDA-UB) cannot accumulate: their weights need
+        the whole batch's representation gradients.
+        """
+        if self.aggregator.requires == "representation":
+            raise ValueError(
+                f"{type(self.aggregator).__name__} weighs the gradients at the shared "
+                f"representation of the whole batch and cannot accumulate micro-batches; use a "
+                f"larger batch, or the parameter-level variant (e.g. mgda instead of mgda_ub)"
+            )
+        raw = self._loss_list(losses)
+        vec = torch.stack(raw).detach()
+        task_params = [[p for _, p in self._task_named.get(n, [])] for n in self.task_names]
+        plain_sum = (
+            type(self.transform) is Identity
+            and type(self.aggregator) is Sum
+            and not any(True for _ in self.transform.parameters())
+        )
+        if plain_sum:  # EW: the sum of the task gradients is all that is needed
+            flat_task = [p for ps in task_params for p in ps]
+            grads = torch.autograd.grad(
+                torch.stack(raw).sum(),
+                [*self.layout.params, *flat_task],
+                retain_graph=self.retain_graph,
+                allow_unused=True,
+            )
+            shared = grads[: len(self.layout.params)]
+            rows = torch.empty(
+                1, self.layout.total, device=self.layout.device, dtype=self.layout.dtype
+            )
+            write_row(rows[0], shared, self.layout)
+            reached = [g is not None for g in shared]
+            task_grads: list[list[Tensor | None]] = []
+            i = len(self.layout.params)
+            for ps in task_params:
+                task_grads.append(list(grads[i : i + len(ps)]))
+                i += len(ps)
+        else:  # raw rows ∇θ ℓ_t; the transform's seed is applied to the means at the end
+            inputs = EngineInputs(
+                losses=raw,
+                seed=torch.ones_like(vec),
+                layout=self.layout,
+                task_params=task_params,
+                representation=_representation(representation),
+            )
+            rows = self._jacobian_buffer(len(raw))
+            result = self._run_engine(inputs, rows)
+            reached, task_grads = result.reached, result.task_grads
+        acc = self._acc
+        if acc is None:
+            self._acc = _Accumulation(
+                count=1,
+                loss_sum=vec.clone(),
+                rows=rows.clone(),
+                task_grads=[
+                    [None if g is None else g.detach().clone() for g in gs] for gs in task_grads
+                ],
+                reached=list(reached),
+                plain_sum=plain_sum,
+                engine=None if plain_sum else self._current_engine(),
+            )
+            return
+        acc.count += 1
+        acc.loss_sum += vec
+        acc.rows += rows
+        acc.reached = [a or b for a, b in zip(acc.reached, reached, strict=True)]
+        for own, new in zip(acc.task_grads, task_grads, strict=True):
+            for i, g in enumerate(new):
+                if g is not None:
+                    prev = own[i]
+                    own[i] = g.detach().clone() if prev is None else prev.add_(g)
+
+    def backward_accumulated(self) -> BalanceStats:
+        """Balance the micro-batches given to :meth:`accumulate` since the last step and
+        accumulate the result into ``.grad`` (see :meth:`backward`)."""
+        acc = self._acc
+        if acc is None:
+            raise RuntimeError("no micro-batches to balance: call accumulate(losses) first")
+        self._acc = None  # a failed check below writes nothing and drops the micro-batches
+        vec = acc.loss_sum / acc.count
+        transformed, seed, transform_grads = self._apply_transform(vec)
+        self._check_reached(acc.reached)
+        rows = acc.rows.div_(acc.count)
+        task_params = [[p for _, p in self._task_named.get(n, [])] for n in self.task_names]
+        if self.aggregator.requires == "jacobian":
+            # row t = Σ_s D_ts mean ∇ℓ_s; task t's own parameters: D_tt mean ∇ψ_t ℓ_t
+            diagonal = seed if seed.dim() == 1 else seed.diagonal()
+            if seed.dim() == 1:
+                rows.mul_(seed[:, None].to(rows.dtype))
+            else:
+                rows = seed.to(rows.dtype) @ rows
+            task_grads = _scaled(acc.task_grads, diagonal / acc.count)
+            stats = self._finish_jacobian(
+                vec, transformed, rows, task_grads, task_params, acc.engine
+            )
+        else:
+            assert isinstance(self.aggregator, LossWeighting)
+            weights = self.aggregator(vec, transformed)
+            coef = _combine(seed, weights)  # as the weighted backward's Σ_s c_s ℓ_s
+            update = rows[0] if acc.plain_sum else torch.mv(rows.T, coef.to(rows.dtype))
+            task_grads = _scaled(acc.task_grads, coef / acc.count)
+            stats = self._finish_combined(
+                vec, transformed, update, task_grads, task_params, weights
+            )
+        if transform_grads is not None:
+            params = [p for p in self.transform.parameters() if p.requires_grad]
+            _accumulate(params, transform_grads)
+        self.step += 1
+        return stats
+
+    def _finish_combined(
+        self,
+        vec: Tensor,
+        transformed: Tensor,
+        update: Tensor,
+        task_grads: list[list[Tensor | None]],
+        task_params: Sequence[Sequence[Tensor]],
+        weights: Tensor | None,
+    ) -> BalanceStats:
+        """Write an already combined (P,) shared update and the task gradients."""
+        norm = _norms([update])
+        if self.check_finite:
+            self._check(vec, None, task_grads, norm)
+        index, buf = self._update_buffer()
+        buf.copy_(update)
+        update_norm = self._clip([buf], norm)
+        self._assign_shared(index)
+        for ps, gs in zip(task_params, task_grads, strict=True):
+            _accumulate(ps, gs)
+        return BalanceStats(
+            task_names=self.task_names,
+            losses=vec,
             transformed=transformed,
             grad_norms=None,
             weights=weights,
@@ -591,6 +758,19 @@ class Balancer:
         )
 
 
+@dataclass
+class _Accumulation:
+    """Sums over the micro-batches of one optimizer step."""
+
+    count: int
+    loss_sum: Tensor
+    rows: Tensor  # (T, P) raw rows ∇θ ℓ_t, or (1, P) Σ_t ∇θ ℓ_t for plain EW
+    task_grads: list[list[Tensor | None]]
+    reached: list[bool]
+    plain_sum: bool
+    engine: str | None
+
+
 def _representation(rep: Representation) -> tuple[Tensor, ...] | None:
     if rep is None:
         return None
@@ -602,6 +782,22 @@ def _representation(rep: Representation) -> tuple[Tensor, ...] | None:
                 f"attached to the autograd graph (not detached, not a leaf)"
             )
     return zs
+
+
+def _combine(seed: Tensor, weights: Tensor | None) -> Tensor:
+    """``c = wᵀ ∂ℓ̃/∂ℓ``: the coefficients of the raw losses in ``Σ_t w_t ℓ̃_t``."""
+    w = None if weights is None else weights.detach().to(seed.dtype)
+    if seed.dim() == 1:
+        return seed if w is None else seed * w
+    return seed.sum(0) if w is None else w @ seed
+
+
+def _scaled(grads: list[list[Tensor | None]], factors: Tensor) -> list[list[Tensor | None]]:
+    """Task t's gradients times ``factors[t]``, in place (the accumulation owns them)."""
+    return [
+        [None if g is None else g.mul_(factors[t].to(g.dtype)) for g in gs]
+        for t, gs in enumerate(grads)
+    ]
 
 
 def _zero_if_none(g: Tensor | None, like: Tensor) -> Tensor:
