@@ -41,6 +41,7 @@ STAMP = VENV / ".mtl-install-stamp"
 # Adding a package or an app is one line here: "packages/<name>[extras]" / "apps/<name>[extras]".
 PACKAGES: list[str] = [
     "packages/mtlbalance[bench,solvers,test]",
+    "packages/mtltrain[mlflow,test]",
 ]
 
 # Everything else the sessions need (versions come from constraints.txt).

@@ -1,0 +1,638 @@
+"""The training loop's tracking front end: spool first, MLflow when it can.
+
+``Tracker`` writes every record to the local spool (:mod:`.spool`) at once. Per-step values
+given as device tensors are buffered and copied to the host every ``log_every`` steps in one
+transfer, so logging losses, weights and gradient norms every step costs no host sync on the
+other steps. With a ``tracking_uri``, a background thread uploads the spool to MLflow
+(:class:`~.mlflow_sink.MlflowSink`); if the store fails (server down, database locked, MLflow
+not installed) the thread stops, one :class:`TrackingWarning` is shown, and the spool keeps
+everything for :func:`~.sync.sync` later. The training loop never waits on the network and
+never sees an exception from the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .mlflow_sink import MlflowSink, normalize_tracking_uri, redact_uri
+from .spool import (
+    DEFAULT_SPOOL_ROOT,
+    TERMINAL_STATUSES,
+    MetricRecord,
+    RunSpool,
+    now_ms,
+    validate_key,
+)
+
+if TYPE_CHECKING:
+    from mtlbalance import BalanceStats
+
+__all__ = ["Tracker", "TrackingWarning"]
+
+
+class TrackingWarning(UserWarning):
+    """Tracking to the MLflow store stopped (or lost buffered values); training goes on and the
+    spool keeps every record."""
+
+
+class _Entry(NamedTuple):
+    """Buffered values of one step: ``keys[i]`` has value ``payload[i]``."""
+
+    step: int
+    timestamp: int
+    keys: tuple[str, ...]
+    payload: Tensor | tuple[float, ...]  # a detached 1-D device tensor, or host floats
+
+
+def _check_step(step: object) -> int:
+    if isinstance(step, bool | Tensor) or not isinstance(step, numbers.Integral):
+        raise TypeError(
+            f"step must be an int (the global step or epoch counter), not {type(step).__name__}"
+            + (
+                ": pass a Python int; reading a tensor would sync"
+                if isinstance(step, Tensor)
+                else ""
+            )
+        )
+    return int(step)
+
+
+def _to_records(entries: list[_Entry]) -> list[MetricRecord]:
+    """Host values for buffered entries: all tensors on one device are concatenated and copied
+    in ONE transfer (``torch.cat`` promotes mixed dtypes)."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, e in enumerate(entries):
+        if isinstance(e.payload, Tensor):
+            by_device.setdefault(e.payload.device, []).append(i)
+    host: dict[int, list[float]] = {}
+    for idx in by_device.values():
+        payloads = [entries[i].payload for i in idx]
+        flat = torch.cat(payloads).tolist()  # type: ignore[arg-type]
+        pos = 0
+        for i in idx:
+            n = len(entries[i].keys)
+            host[i] = flat[pos : pos + n]
+            pos += n
+    records: list[MetricRecord] = []
+    for i, e in enumerate(entries):
+        values = host.get(i, e.payload)
+        assert not isinstance(values, Tensor)
+        records.extend(
+            MetricRecord(k, float(v), e.step, e.timestamp)
+            for k, v in zip(e.keys, values, strict=True)
+        )
+    return records
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if not isinstance(key, str):
+            raise TypeError(f"param names must be str, not {key!r} ({type(key).__name__})")
+        name = f"{prefix}.{key}" if prefix else key
+        flat = _flatten(value, name) if isinstance(value, Mapping) and value else {name: value}
+        for k, v in flat.items():
+            if k in out:
+                raise ValueError(
+                    f"params name {k!r} twice (a nested mapping flattens to a key that is also "
+                    "given directly): rename one of them"
+                )
+            out[k] = v
+    return out
+
+
+class _Uploader(threading.Thread):
+    """Background upload of one spooled run to an MLflow store, pass after pass.
+
+    A pass uploads everything spooled when it starts; passes run when asked (after writes),
+    at most every ``interval`` seconds unless urgent or closing. The first exception stops the
+    thread; the Tracker turns it into one warning on the training thread.
+    """
+
+    def __init__(self, sink: MlflowSink, run_dir: Path, interval: float) -> None:
+        super().__init__(name=f"mtltrain-mlflow-upload-{run_dir.name}", daemon=True)
+        self._sink = sink
+        self._run_dir = run_dir
+        self._interval = interval
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._done = 0
+        self._urgent = False
+        self._closing = False
+        self._exited = False
+        self.error: Exception | None = None
+
+    def request(self, *, urgent: bool = False) -> int:
+        with self._cond:
+            self._requested += 1
+            self._urgent = self._urgent or urgent
+            self._cond.notify_all()
+            return self._requested
+
+    def finish(self) -> None:
+        """Ask for a last pass (the spool is final now), then stop."""
+        with self._cond:
+            self._closing = True
+            self._requested += 1
+            self._cond.notify_all()
+
+    def wait_done(self, seq: int, timeout: float | None) -> bool:
+        with self._cond:
+            self._cond.wait_for(lambda: self._done >= seq or self._exited, timeout)
+            return self._done >= seq
+
+    def run(self) -> None:
+        last_pass = -math.inf
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._requested > self._done or self._closing)
+                    delay = last_pass + self._interval - time.monotonic()
+                    if delay > 0:
+                        self._cond.wait_for(lambda: self._closing or self._urgent, delay)
+                    target, closing = self._requested, self._closing
+                    self._urgent = False
+                try:
+                    self._sink.upload(self._run_dir)
+                except Exception as e:
+                    with self._cond:
+                        self.error = e
+                    return
+                last_pass = time.monotonic()
+                with self._cond:
+                    self._done = target
+                    self._cond.notify_all()
+                if closing:
+                    return
+        finally:
+            with self._cond:
+                self._exited = True
+                self._cond.notify_all()
+
+
+class Tracker:
+    """Tracks one training run: params, per-step and per-epoch metrics, tags, artifacts.
+
+    Every record goes to a local spool directory first (``<spool_root>/<run_id>/``), so nothing
+    is lost when MLflow is not installed, not asked for, or down. With ``tracking_uri`` the
+    spool is also uploaded to that MLflow store in the background as the run goes.
+
+    Args:
+        experiment: MLflow experiment name (created in the store if missing). Required: MLflow's
+            own "Default" experiment keeps artifacts in ``./mlruns`` of whatever directory
+            first created the store.
+        spool_root: where runs are spooled (default ``./mtlruns-spool``).
+        tracking_uri: None (spool only), or any MLflow tracking URI: ``sqlite:///mlflow.db``,
+            ``http://host:5000``, ... :func:`~.mlflow_sink.default_tracking_uri` gives the
+            local SQLite store beside the spool root.
+        run_name: MLflow run name (MLflow picks one when None).
+        tags: run tags.
+        log_every: per-step values given as tensors (:meth:`log_step`,
+            :meth:`log_balance_stats`) are copied to the host every ``log_every`` steps, in one
+            transfer. Every logged step is recorded; this only sets how often the host syncs
+            (and how many steps a killed process can lose).
+        artifact_location: artifact root for an experiment this run creates in the store;
+            default ``mlartifacts/`` beside a SQLite database, the store's default otherwise.
+        upload_interval: at most one upload pass to the store every this many seconds.
+        close_timeout: :meth:`close` waits at most this long for the last upload; past it the
+            run is complete in the spool and a :class:`TrackingWarning` says to sync.
+
+    Example::
+
+        with Tracker("census", tracking_uri="sqlite:///mlflow.db", log_every=50) as tracker:
+            tracker.log_params({"lr": 1e-3, "method": "dbmtl"})
+            for epoch in range(epochs):
+                for batch in loader:
+                    stats = balancer.backward(model_losses(batch))
+                    optimizer.step()
+                    tracker.log_balance_stats(stats, step)  # no host sync
+                    step += 1
+                tracker.log_metrics({"val/auc/ctr": evaluate(model)}, step=epoch)
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        *,
+        spool_root: str | os.PathLike[str] = DEFAULT_SPOOL_ROOT,
+        tracking_uri: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        log_every: int = 50,
+        artifact_location: str | None = None,
+        upload_interval: float = 2.0,
+        close_timeout: float = 60.0,
+    ) -> None:
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+            raise ValueError(
+                f"log_every must be a positive int (steps per host copy), not {log_every!r}"
+            )
+        for name, value in (("upload_interval", upload_interval), ("close_timeout", close_timeout)):
+            if not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+        uri = None if tracking_uri is None else normalize_tracking_uri(tracking_uri)
+        sink = None if uri is None else MlflowSink(uri, artifact_location=artifact_location)
+        self._spool = RunSpool.create(
+            spool_root, experiment=experiment, run_name=run_name, tags=tags
+        )
+        self._tracking_uri = uri
+        self._log_every = log_every
+        self._close_timeout = float(close_timeout)
+        self._lock = threading.RLock()
+        self._buffer: list[_Entry] = []
+        self._buffered_steps = 0
+        self._last_step: int | None = None
+        self._known_keys: set[str] = set()
+        self._stats_keys: dict[tuple[str, tuple[str, ...]], dict[str, tuple[str, ...]]] = {}
+        self._nonfinite_warned: set[str] = set()
+        self._closed = False
+        self._sink_warned = False
+        self._uploader: _Uploader | None = None
+        if sink is not None:
+            self._uploader = _Uploader(sink, self._spool.dir, float(upload_interval))
+            self._uploader.start()
+            self._uploader.request(urgent=True)  # create the MLflow run right away
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def run_id(self) -> str:
+        """The spool's run id (the MLflow run id is :attr:`mlflow_run_id`)."""
+        return self._spool.run_id
+
+    @property
+    def spool_dir(self) -> Path:
+        """This run's spool directory."""
+        return self._spool.dir
+
+    @property
+    def tracking_uri(self) -> str | None:
+        return self._tracking_uri
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        """The run's id in the tracking store, once the upload created it."""
+        if self._tracking_uri is None:
+            return None
+        state = self._spool.read_sync_states().get(self._tracking_uri, {})
+        run_id = state.get("run_id")
+        return None if run_id is None else str(run_id)
+
+    @property
+    def sink_error(self) -> Exception | None:
+        """Why uploading to the store stopped (None while it works or when not tracking)."""
+        return None if self._uploader is None else self._uploader.error
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------------------ logging
+    def log_params(self, params: Mapping[str, Any] | Any) -> None:
+        """Log hyperparameters. Nested mappings are flattened with '.' (``{"optim": {"lr": 1}}``
+        -> ``optim.lr``); a dataclass instance is logged field by field. Values are stored as
+        ``str(value)``; logging a key again with another value is a ValueError."""
+        if dataclasses.is_dataclass(params) and not isinstance(params, type):
+            params = dataclasses.asdict(params)
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping or a dataclass, not {type(params).__name__}")
+        with self._lock:
+            self._check_open()
+            self._spool.log_params(_flatten(params))
+            self._nudge()
+
+    def log_metrics(self, metrics: Mapping[str, float | Tensor], step: int = 0) -> None:
+        """Log metrics now (per epoch, evaluation results, the final Δp). Tensors are copied
+        to the host here, all in one transfer."""
+        step = _check_step(step)
+        with self._lock:
+            self._check_open()
+            ts = now_ms()
+            self._write_records(_to_records(self._entries(metrics, step, ts)))
+            self._nudge()
+
+    def log_step(self, values: Mapping[str, Tensor | float], step: int) -> None:
+        """Log per-step values (losses, ...). Tensors stay on their device, buffered, until
+        ``log_every`` steps are buffered; then all are copied to the host in one transfer.
+        Values and steps are recorded exactly as :meth:`log_metrics` would record them."""
+        step = _check_step(step)
+        with self._lock:
+            self._check_open()
+            self._buffer_entries(self._entries(values, step, now_ms()), step)
+
+    def log_balance_stats(self, stats: BalanceStats, step: int, *, prefix: str = "train/") -> None:
+        """Log an ``mtlbalance.BalanceStats`` (what ``Balancer.backward`` returns) like
+        :meth:`log_step`: ``<prefix>loss/<task>``, ``<prefix>transformed/<task>``,
+        ``<prefix>grad_norm/<task>``, ``<prefix>weight/<task>`` and ``<prefix>update_norm``
+        (the ones the method reports), buffered on the device."""
+        from mtlbalance.stats import BalanceStats
+
+        if not isinstance(stats, BalanceStats):
+            raise TypeError(
+                f"stats must be the mtlbalance.BalanceStats returned by Balancer.backward, not "
+                f"{type(stats).__name__}"
+            )
+        step = _check_step(step)
+        with self._lock:
+            self._check_open()
+            keys = self._balance_keys(prefix, stats.task_names)
+            parts = [
+                (part, tensor)
+                for part, tensor in (
+                    ("loss", stats.losses),
+                    ("transformed", stats.transformed),
+                    ("grad_norm", stats.grad_norms),
+                    ("weight", stats.weights),
+                    ("update_norm", stats.update_norm),
+                )
+                if tensor is not None
+            ]
+            for part, tensor in parts:
+                if tensor.numel() != len(keys[part]):
+                    raise ValueError(
+                        f"BalanceStats.{part} has {tensor.numel()} values for "
+                        f"{len(keys[part])} key(s) {keys[part]}: stats are inconsistent"
+                    )
+            with torch.no_grad():  # one small device copy of all parts; no host sync
+                flat = torch.cat([t.reshape(-1) for _, t in parts])
+            all_keys = tuple(k for part, _ in parts for k in keys[part])
+            entries = [_Entry(step, now_ms(), all_keys, flat)]
+            self._buffer_entries(entries, step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set run tags (values as ``str(value)``; a tag set again is overwritten)."""
+        with self._lock:
+            self._check_open()
+            self._spool.set_tags(tags)
+            self._nudge()
+
+    def log_artifact(
+        self, local_path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """Copy a file, or a directory with its contents, into the run's artifacts (under
+        ``artifact_path``, like ``mlflow.log_artifact``). The copy is taken now."""
+        with self._lock:
+            self._check_open()
+            self._spool.log_artifact(local_path, artifact_path)
+            self._nudge()
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Store ``text`` as the artifact ``artifact_file`` (e.g. ``"tables/results.md"``)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        self._write_artifact(text.encode("utf-8"), artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any] | list[Any], artifact_file: str) -> None:
+        """Store ``data`` as a JSON artifact (e.g. the resolved config: ``"config.json"``)."""
+        if not artifact_file.endswith(".json"):
+            raise ValueError(
+                f"log_dict writes JSON; artifact_file {artifact_file!r} should end in '.json' "
+                "(for another format, serialise it yourself and use log_text)"
+            )
+        text = json.dumps(data, indent=2, sort_keys=True, default=str)
+        self.log_text(text + "\n", artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Store a matplotlib figure (anything with ``savefig``) as ``artifact_file``; the
+        format follows its suffix (``plots/weights.png``)."""
+        if not callable(getattr(figure, "savefig", None)):
+            raise TypeError(
+                f"figure must have a savefig method (matplotlib), not {type(figure).__name__}"
+            )
+        suffix = Path(artifact_file).suffix
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"figure{suffix}"
+            figure.savefig(path)
+            self._write_artifact(path.read_bytes(), artifact_file)
+
+    # ------------------------------------------------------------------------------ flushing
+    def flush(self, *, wait: bool = False, timeout: float | None = None) -> bool:
+        """Copy buffered step values to the host and the spool now, and start an upload pass.
+
+        With ``wait=True``, block until the store has everything logged so far, it failed, or
+        ``timeout`` seconds passed. Returns True when the store has everything (always True
+        without a tracking URI: the spool has it)."""
+        with self._lock:
+            up = self._uploader
+            if self._closed:  # close() already flushed and ran the last upload
+                return up is None or (up.error is None and not up.is_alive())
+            self._flush_buffer()
+            seq = None if up is None or up.error is not None else up.request(urgent=True)
+        if up is None:
+            return True
+        done = False
+        if seq is not None and wait:
+            done = up.wait_done(seq, timeout)
+        self._check_sink()
+        return done
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run: flush buffered values, mark the spool ``status`` (FINISHED, FAILED or
+        KILLED), and wait (up to ``close_timeout``) for the last upload. Calling it again does
+        nothing."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(
+                f"status must be one of {', '.join(TERMINAL_STATUSES)}, not {status!r}"
+            )
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._flush_buffer()
+            except Exception as e:  # e.g. the device error that ended the run breaks the copy
+                self._buffer.clear()
+                warnings.warn(
+                    f"could not copy the last buffered step values to the host ({e!r}); they are "
+                    f"missing from run {self.run_id}",
+                    TrackingWarning,
+                    stacklevel=2,
+                )
+            self._spool.finish(status)
+            self._closed = True
+        up = self._uploader
+        if up is not None and up.error is None:
+            up.finish()
+            up.join(self._close_timeout)
+            if up.is_alive() and up.error is None:
+                warnings.warn(
+                    f"the upload of run {self.run_id} to {redact_uri(str(self._tracking_uri))} did "
+                    f"not finish within {self._close_timeout:g} s; it goes on in the background "
+                    f"while this process lives, and the spool {self.spool_dir} keeps everything: "
+                    f"{self._sync_hint()}",
+                    TrackingWarning,
+                    stacklevel=2,
+                )
+        self._check_sink()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close("FINISHED")
+            return
+        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        try:
+            self.close(status)
+        except Exception as close_error:  # never hide the exception that ended the run
+            warnings.warn(
+                f"closing run {self.run_id} as {status} failed: {close_error!r}",
+                TrackingWarning,
+                stacklevel=2,
+            )
+
+    def __repr__(self) -> str:
+        uri = None if self._tracking_uri is None else redact_uri(self._tracking_uri)
+        state = "closed" if self._closed else "open"
+        return (
+            f"Tracker(run_id={self.run_id!r}, spool_dir={str(self.spool_dir)!r}, "
+            f"tracking_uri={uri!r}, {state})"
+        )
+
+    # ------------------------------------------------------------------------------ internals
+    def _check_open(self, stacklevel: int = 4) -> None:
+        self._check_sink(stacklevel)
+        if self._closed:
+            raise RuntimeError(
+                f"this Tracker's run {self.run_id} is closed ({self._spool.status}): start a new "
+                "Tracker to log another run"
+            )
+
+    def _sync_hint(self) -> str:
+        uri = redact_uri(str(self._tracking_uri))
+        return (
+            f"upload it later with `mtlbench sync {self.spool_dir} --tracking-uri {uri}` or "
+            f"mtltrain.tracking.sync({str(self.spool_dir)!r}, {uri!r})"
+        )
+
+    def _check_sink(self, stacklevel: int = 3) -> None:
+        """Turn an upload failure into ONE warning, on the caller's thread."""
+        up = self._uploader
+        if up is None or up.error is None or self._sink_warned:
+            return
+        self._sink_warned = True
+        lines = str(up.error).strip().splitlines() or [""]
+        err = f"{type(up.error).__name__}: {lines[0]}"  # a database error's SQL is noise here
+        if len(err) > 300 or len(lines) > 1:
+            err = err[:300] + " ..."
+        warnings.warn(
+            f"MLflow tracking to {redact_uri(str(self._tracking_uri))} failed ({err}). Tracking to "
+            f"the store is off for the rest of run {self.run_id}; training goes on and the spool "
+            f"{self.spool_dir} keeps every record: {self._sync_hint()}",
+            TrackingWarning,
+            stacklevel=stacklevel,
+        )
+
+    def _write_artifact(self, data: bytes, artifact_file: str) -> None:
+        with self._lock:
+            self._check_open(stacklevel=5)
+            self._spool.write_artifact(data, artifact_file)
+            self._nudge()
+
+    def _nudge(self) -> None:
+        up = self._uploader
+        if up is not None and up.error is None:
+            up.request()
+
+    def _check_key(self, key: str) -> str:
+        if key not in self._known_keys:
+            validate_key(key, "metric")
+            self._known_keys.add(key)
+        return key
+
+    def _entries(self, values: Mapping[str, Tensor | float], step: int, ts: int) -> list[_Entry]:
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                f"metrics must be a mapping of name to value, not {type(values).__name__}"
+            )
+        entries: list[_Entry] = []
+        float_keys: list[str] = []
+        floats: list[float] = []
+        on_device: dict[torch.device, tuple[list[str], list[Tensor]]] = {}
+        for key, value in values.items():
+            self._check_key(key)
+            if isinstance(value, Tensor):
+                if value.numel() != 1:
+                    raise ValueError(
+                        f"metric {key!r} is a tensor of shape {tuple(value.shape)}; log one "
+                        "value per key (one key per task, or log_balance_stats for BalanceStats)"
+                    )
+                if value.is_complex():
+                    raise TypeError(f"metric {key!r} is a complex tensor; log a real value")
+                group = on_device.setdefault(value.device, ([], []))
+                group[0].append(key)
+                group[1].append(value if value.dim() == 0 else value.reshape(()))
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+                float_keys.append(key)
+                floats.append(float(value))
+            else:
+                raise TypeError(
+                    f"metric {key!r} must be a float, an int or a one-element tensor, not "
+                    f"{type(value).__name__}"
+                )
+        if on_device:
+            # One small copy per device and step, detached from autograd (holds no graph);
+            # stack promotes mixed dtypes. No host sync.
+            with torch.no_grad():
+                for keys, tensors in on_device.values():
+                    entries.append(_Entry(step, ts, tuple(keys), torch.stack(tensors)))
+        if floats:
+            entries.append(_Entry(step, ts, tuple(float_keys), tuple(floats)))
+        return entries
+
+    def _balance_keys(self, prefix: str, tasks: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        cached = self._stats_keys.get((prefix, tasks))
+        if cached is None:
+            cached = {
+                part: tuple(self._check_key(f"{prefix}{part}/{t}") for t in tasks)
+                for part in ("loss", "transformed", "grad_norm", "weight")
+            }
+            cached["update_norm"] = (self._check_key(f"{prefix}update_norm"),)
+            self._stats_keys[(prefix, tasks)] = cached
+        return cached
+
+    def _buffer_entries(self, entries: list[_Entry], step: int) -> None:
+        if step != self._last_step:
+            if self._buffered_steps >= self._log_every:
+                self._flush_buffer()
+            self._buffered_steps += 1
+            self._last_step = step
+        self._buffer.extend(entries)
+
+    def _flush_buffer(self) -> None:
+        entries, self._buffer = self._buffer, []
+        self._buffered_steps, self._last_step = 0, None
+        if entries:
+            self._write_records(_to_records(entries))
+            self._nudge()
+
+    def _write_records(self, records: list[MetricRecord]) -> None:
+        for r in records:
+            if not math.isfinite(r.value) and r.key not in self._nonfinite_warned:
+                self._nonfinite_warned.add(r.key)
+                warnings.warn(
+                    f"metric {r.key!r} is {r.value} at step {r.step} (recorded as is; further "
+                    "non-finite values of this metric are recorded without a warning)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        self._spool.log_metric_records(records)
