@@ -170,7 +170,7 @@ class Balancer:
             losses=raw,
             seed=seed,
             layout=self.layout,
-            task_params=[[p for _, p in self._task_named.get(n, [])] for n in self.task_names],
+            task_params=self._task_param_lists(),
             representation=zs,
         )
         kind = self.aggregator.requires
@@ -192,11 +192,7 @@ class Balancer:
             stats = self._backward_weighted(vec, transformed, inputs, weights)
         else:  # pragma: no cover - guarded by the Aggregator types
             raise ValueError(f"unknown aggregator requirement {kind!r}")
-        if transform_grads is not None:
-            params = [p for p in self.transform.parameters() if p.requires_grad]
-            _accumulate(params, transform_grads)
-        self.step += 1
-        return stats
+        return self._end_step(stats, transform_grads)
 
     def _backward_jacobian(
         self, vec: Tensor, transformed: Tensor, inputs: EngineInputs
@@ -304,7 +300,7 @@ class Balancer:
             )
         raw = self._loss_list(losses)
         vec = torch.stack(raw).detach()
-        task_params = [[p for _, p in self._task_named.get(n, [])] for n in self.task_names]
+        task_params = self._task_param_lists()
         plain_sum = (
             type(self.transform) is Identity
             and type(self.aggregator) is Sum
@@ -375,7 +371,7 @@ class Balancer:
         transformed, seed, transform_grads = self._apply_transform(vec)
         self._check_reached(acc.reached)
         rows = acc.rows.div_(acc.count)
-        task_params = [[p for _, p in self._task_named.get(n, [])] for n in self.task_names]
+        task_params = self._task_param_lists()
         if self.aggregator.requires == "jacobian":
             # row t = Σ_s D_ts mean ∇ℓ_s; task t's own parameters: D_tt mean ∇ψ_t ℓ_t
             diagonal = seed if seed.dim() == 1 else seed.diagonal()
@@ -396,11 +392,22 @@ class Balancer:
             stats = self._finish_combined(
                 vec, transformed, update, task_grads, task_params, weights
             )
+        return self._end_step(stats, transform_grads)
+
+    def _end_step(
+        self, stats: BalanceStats, transform_grads: list[Tensor | None] | None
+    ) -> BalanceStats:
         if transform_grads is not None:
-            params = [p for p in self.transform.parameters() if p.requires_grad]
-            _accumulate(params, transform_grads)
+            _accumulate(self._transform_params(), transform_grads)
         self.step += 1
         return stats
+
+    def _task_param_lists(self) -> list[list[Tensor]]:
+        """Each task's own parameters, in task order."""
+        return [[p for _, p in self._task_named.get(n, [])] for n in self.task_names]
+
+    def _transform_params(self) -> list[nn.Parameter]:
+        return [p for p in self.transform.parameters() if p.requires_grad]
 
     def _finish_combined(
         self,
@@ -497,7 +504,7 @@ class Balancer:
                 f"{type(self.transform).__name__} returned shape {tuple(transformed.shape)} for "
                 f"{vec.shape[0]} losses; a transform must return one value per task"
             )
-        params = [p for p in self.transform.parameters() if p.requires_grad]
+        params = self._transform_params()
         if self.transform.elementwise:
             grads = torch.autograd.grad(
                 transformed.sum(), [leaf, *params], retain_graph=False, allow_unused=True
