@@ -284,6 +284,17 @@ class RunSpool:
         return cls(run_dir, _writable=True)
 
     @classmethod
+    def reopen(cls, run_dir: str | os.PathLike[str]) -> RunSpool:
+        """Continue writing an existing run (a training run resumed from a checkpoint): the run
+        goes back to RUNNING, owned by this process; records append after the old ones."""
+        spool = cls(run_dir, _writable=True)
+        spool._meta.update(
+            status="RUNNING", end_time=None, pid=os.getpid(), host=socket.gethostname()
+        )
+        _write_json_atomic(spool.dir / META_FILE, spool._meta)
+        return spool
+
+    @classmethod
     def open(cls, run_dir: str | os.PathLike[str]) -> RunSpool:
         """Open an existing run directory for reading."""
         return cls(run_dir)

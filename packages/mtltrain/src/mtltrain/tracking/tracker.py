@@ -211,6 +211,10 @@ class Tracker:
         upload_interval: at most one upload pass to the store every this many seconds.
         close_timeout: :meth:`close` waits at most this long for the last upload; past it the
             run is complete in the spool and a :class:`TrackingWarning` says to sync.
+        resume: the id of a spooled run under ``spool_root`` to continue (a training run
+            resumed from its checkpoint): records are appended to it, and the store's copy of
+            the run (the same MLflow run) gets them on the next upload. ``run_name`` and
+            ``tags`` are ignored then.
 
     Example::
 
@@ -237,6 +241,7 @@ class Tracker:
         artifact_location: str | None = None,
         upload_interval: float = 2.0,
         close_timeout: float = 60.0,
+        resume: str | None = None,
     ) -> None:
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ValueError(
@@ -247,9 +252,23 @@ class Tracker:
                 raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
         uri = None if tracking_uri is None else normalize_tracking_uri(tracking_uri)
         sink = None if uri is None else MlflowSink(uri, artifact_location=artifact_location)
-        self._spool = RunSpool.create(
-            spool_root, experiment=experiment, run_name=run_name, tags=tags
-        )
+        if resume is None:
+            self._spool = RunSpool.create(
+                spool_root, experiment=experiment, run_name=run_name, tags=tags
+            )
+        else:
+            run_dir = Path(spool_root) / resume
+            if not (run_dir / "meta.json").is_file():
+                raise FileNotFoundError(
+                    f"cannot resume run {resume!r}: {run_dir} is not a spooled run (wrong "
+                    f"spool_root, or the spool was moved?)"
+                )
+            self._spool = RunSpool.reopen(run_dir)
+            if self._spool.meta["experiment"] != experiment:
+                raise ValueError(
+                    f"run {resume!r} belongs to experiment {self._spool.meta['experiment']!r}, "
+                    f"not {experiment!r}"
+                )
         self._tracking_uri = uri
         self._log_every = log_every
         self._close_timeout = float(close_timeout)
