@@ -4,6 +4,8 @@
     python3 -m nox                     # lint, typecheck, tests
     python3 -m nox -s tests -- -k dbmtl -x
     python3 -m nox -s demo | perf
+    python3 -m nox -s bench -- synthetic-hetero --methods ew dbmtl --seeds 3 --stl
+    python3 -m nox -s report -- synthetic-hetero
 
 Every session runs in ONE shared virtualenv (``<repo>/.venv``, or ``$MTL_VENV``): a torch
 install is several GB, so a virtualenv per session would fill the disk. Sessions are declared
@@ -42,6 +44,7 @@ STAMP = VENV / ".mtl-install-stamp"
 PACKAGES: list[str] = [
     "packages/mtlbalance[bench,solvers,test]",
     "packages/mtltrain[mlflow,test]",
+    "apps/mtlbench[mlflow,test]",
 ]
 
 # Everything else the sessions need (versions come from constraints.txt).
@@ -170,9 +173,29 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
-    """The README's demo: python -m mtlbalance.demo {posargs}."""
+    """The README's main job: STL, EW, DB-MTL and baselines on generated data, tracked in MLflow
+    (./mlflow.db), then the Δp table: mtlbench run synthetic-hetero --stl {posargs}."""
     _ensure_env(session)
-    _run(session, "python", "-m", "mtlbalance.demo", *session.posargs)
+    _run(session, "mtlbench", "run", "synthetic-hetero", "--stl", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Run a benchmark spec: nox -s bench -- SPEC [--methods ...] [--seeds N] [--stl] ..."""
+    _ensure_env(session)
+    if not session.posargs:
+        _run(session, "mtlbench", "list")
+        session.error("name a spec: python3 -m nox -s bench -- SPEC [--methods ...] [--stl]")
+    _run(session, "mtlbench", "run", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def report(session: nox.Session) -> None:
+    """Δp tables of a spec's tracked runs: nox -s report -- SPEC [--out DIR] ..."""
+    _ensure_env(session)
+    if not session.posargs:
+        session.error("name a spec: python3 -m nox -s report -- SPEC")
+    _run(session, "mtlbench", "report", *session.posargs)
 
 
 @nox.session(venv_backend="none")

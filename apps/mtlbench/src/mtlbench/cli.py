@@ -1,0 +1,269 @@
+"""``mtlbench``: run and report the benchmarks.
+
+    mtlbench list
+    mtlbench run synthetic-hetero --methods ew dbmtl uw --seeds 3 --stl
+    mtlbench report synthetic-hetero
+    mtlbench ui
+    mtlbench sync [SPOOL] [--tracking-uri URI]
+
+Runs are tracked in MLflow (a local SQLite store ``./mlflow.db`` by default) through a local
+spool (``./mtlruns-spool``), so nothing is lost when MLflow is missing or down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mtltrain.tracking import DEFAULT_SPOOL_ROOT, default_tracking_uri
+
+from .report import (
+    NoRunsError,
+    RunRecord,
+    build_report,
+    collect_runs,
+    render_markdown,
+    write_report,
+)
+from .spec import Spec, find_spec, list_specs
+
+__all__ = ["main"]
+
+
+def _mlflow_available() -> bool:
+    return importlib.util.find_spec("mlflow") is not None
+
+
+def _tracking_uri(args: argparse.Namespace) -> str | None:
+    if args.no_tracking:
+        return None
+    if args.tracking_uri:
+        return str(args.tracking_uri)
+    if not _mlflow_available():
+        print(
+            "mlflow is not installed: records stay in the spool "
+            f"({args.spool}); upload them later with `mtlbench sync`",
+            file=sys.stderr,
+        )
+        return None
+    return default_tracking_uri(args.spool)
+
+
+def _add_store_options(p: argparse.ArgumentParser, *, no_tracking: bool = True) -> None:
+    p.add_argument(
+        "--spool",
+        default=str(DEFAULT_SPOOL_ROOT),
+        help="local spool every record goes to first (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: sqlite:///<spool parent>/mlflow.db when mlflow is "
+        "installed)",
+    )
+    if no_tracking:
+        p.add_argument("--no-tracking", action="store_true", help="spool only, no MLflow")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtlbench",
+        description="Run multi-task learning benchmarks from specs, tracked in MLflow, and "
+        "report Δp tables.",
+    )
+    parser.add_argument(
+        "--specs",
+        default=None,
+        help="folder of spec files (default: ./benchmarks/specs or $MTLBENCH_SPECS)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("list", help="list the benchmark specs")
+
+    run = sub.add_parser(
+        "run", help="train STL and methods on a benchmark, then print the Δp table"
+    )
+    run.add_argument("spec", help="spec name (see `mtlbench list`) or path to a spec .toml")
+    run.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="methods (default: the spec's); e.g. ew dbmtl log+pcgrad",
+    )
+    run.add_argument(
+        "--seeds", type=int, default=None, help="number of seeds 0..N-1 (default: the spec's)"
+    )
+    run.add_argument(
+        "--seed-list", type=int, nargs="+", default=None, help="explicit seeds instead of --seeds"
+    )
+    run.add_argument(
+        "--stl",
+        action="store_true",
+        help="also train the single-task (STL) reference, one run per task",
+    )
+    run.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="override the spec's epoch budget (recorded with the run)",
+    )
+    run.add_argument(
+        "--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ..."
+    )
+    run.add_argument(
+        "--out",
+        default="mtlbench-out",
+        help="checkpoints and reports go here (default: %(default)s)",
+    )
+    run.add_argument(
+        "--resume", action="store_true", help="continue runs from their last checkpoint in --out"
+    )
+    run.add_argument(
+        "--log-every", type=int, default=50, help="per-step values reach the host every N steps"
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_store_options(run)
+
+    rep = sub.add_parser(
+        "report", help="Δp tables (Markdown, PNG, JSON) from the tracked runs of a spec"
+    )
+    rep.add_argument("spec", help="spec name or path")
+    rep.add_argument(
+        "--out",
+        default=None,
+        help="folder for report.md/.png/.json (default: mtlbench-out/reports/<spec>)",
+    )
+    rep.add_argument(
+        "--from-spool", action="store_true", help="read the spool instead of the MLflow store"
+    )
+    _add_store_options(rep, no_tracking=False)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    _add_store_options(ui, no_tracking=False)
+
+    sync = sub.add_parser("sync", help="upload a spool (or one run in it) to an MLflow store")
+    sync.add_argument(
+        "path", nargs="?", default=str(DEFAULT_SPOOL_ROOT), help="spool root or run directory"
+    )
+    sync.add_argument(
+        "--tracking-uri", default=None, help="default: sqlite:///<spool parent>/mlflow.db"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except (ValueError, FileNotFoundError, NoRunsError, TypeError, ImportError) as e:
+        print(f"mtlbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _list(args: argparse.Namespace) -> int:
+    for spec in list_specs(args.specs):
+        tasks = ", ".join(f"{t} ({', '.join(ms)})" for t, ms in spec.tasks.items())
+        paper = f"; paper: {spec.paper.source}" if spec.paper is not None else ""
+        print(f"{spec.name}: {spec.description}")
+        methods = " ".join(spec.methods)
+        print(f"    tasks: {tasks}; methods: {methods}; {spec.train.epochs} epochs{paper}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import run_benchmark, with_epochs
+
+    spec = with_epochs(find_spec(args.spec, args.specs), args.epochs)
+    methods = list(spec.methods if args.methods is None else args.methods)
+    stl = args.stl or "stl" in methods
+    methods = [m for m in methods if m != "stl"]
+    if args.seed_list is not None:
+        seeds = list(args.seed_list)
+    else:
+        n = spec.seeds if args.seeds is None else args.seeds
+        if n < 1:
+            raise ValueError(f"--seeds must be >= 1, not {n}")
+        seeds = list(range(n))
+    uri = _tracking_uri(args)
+    records = run_benchmark(
+        spec,
+        methods=methods,
+        seeds=seeds,
+        stl=stl,
+        tracking_uri=uri,
+        spool_root=args.spool,
+        out_dir=args.out,
+        device=args.device,
+        resume=args.resume,
+        progress=False if args.quiet else None,
+        log_every=args.log_every,
+    )
+    report = build_report(spec, records + _earlier_stl(records, spec, uri, args.spool))
+    paths = write_report(report, Path(args.out) / "reports" / spec.name)
+    print()
+    print(render_markdown(report))
+    where = f"MLflow: {uri} (mtlbench ui)" if uri else f"spool: {args.spool} (mtlbench sync)"
+    print(f"report: {paths['md']}  |  {where}")
+    return 0
+
+
+def _earlier_stl(
+    records: list[RunRecord], spec: Spec, uri: str | None, spool: str
+) -> list[RunRecord]:
+    """STL runs of earlier invocations, when this one trained none (they were its reference)."""
+    if any(r.method == "stl" for r in records):
+        return []
+    from .runner import earlier_stl_runs
+
+    return earlier_stl_runs(spec, uri, spool)
+
+
+def _report(args: argparse.Namespace) -> int:
+    spec = find_spec(args.spec, args.specs)
+    if args.from_spool:
+        runs = collect_runs(spec, spool_root=args.spool)
+    else:
+        uri = args.tracking_uri or default_tracking_uri(args.spool)
+        runs = collect_runs(spec, tracking_uri=uri)
+    report = build_report(spec, runs)
+    out = Path(args.out) if args.out else Path("mtlbench-out") / "reports" / spec.name
+    paths = write_report(report, out)
+    print(render_markdown(report))
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    uri = args.tracking_uri or default_tracking_uri(args.spool)
+    exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    if not _mlflow_available() or not Path(exe).exists():
+        raise ImportError("the MLflow UI needs mlflow: pip install 'mtlbench[mlflow]'")
+    cmd = [exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    try:
+        return subprocess.call(cmd, env=os.environ.copy())
+    except KeyboardInterrupt:
+        return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from mtltrain.tracking import sync
+
+    ids = sync(args.path, args.tracking_uri)
+    uri = args.tracking_uri or default_tracking_uri(args.path)
+    print(f"synced {len(ids)} run(s) to {uri}")
+    return 0
+
+
+_COMMANDS = {"list": _list, "run": _run, "report": _report, "ui": _ui, "sync": _sync}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

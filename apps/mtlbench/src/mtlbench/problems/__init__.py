@@ -1,0 +1,1 @@
+"""Problem builders that ship with mtlbench (domain packages ship their own)."""

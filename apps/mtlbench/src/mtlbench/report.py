@@ -1,0 +1,877 @@
+"""``mtlbench report``: the paper's results table, with Δp, from a benchmark's finished runs.
+
+Runs come from MLflow (:func:`collect_runs` with ``tracking_uri``) or from the local spool
+that every run writes first. Each run records, as the runner writes them::
+
+    tags     mtlbench.spec, mtlbench.method, mtlbench.seed, mtlbench.stl_task (STL runs only),
+             mtlbench.selection
+    metrics  final/test/<task>/<metric>, final/val/<task>/<metric>, final/epoch   (step 0)
+
+:func:`build_report` turns them into a :class:`Report`: per method the test metrics as
+mean ± std over seeds and Δp (Lin et al., Eq. (2))
+
+    Δp = (1/T) Σ_t (100/N_t) Σ_i (−1)^{s_ti} (M_ti − M_ti^STL) / M_ti^STL
+
+computed per seed against one single-task reference, then mean ± std. The reference is our
+own STL runs (mean over seeds, per task) when every task has one, else the benchmark's
+published STL row; the report says which. The paper's numbers are shown beside ours.
+:func:`write_report` writes ``report.md``, ``report.png`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from mtltrain import delta_p, delta_p_per_task, mean_std
+
+from .spec import Spec
+
+__all__ = [
+    "STL",
+    "MethodResult",
+    "NoRunsError",
+    "PaperRow",
+    "Report",
+    "RunRecord",
+    "Stat",
+    "build_report",
+    "collect_runs",
+    "render_markdown",
+    "render_png",
+    "write_report",
+]
+
+#: The method name of single-task runs (one run per task and seed).
+STL = "stl"
+TAG_SPEC = "mtlbench.spec"
+TAG_METHOD = "mtlbench.method"
+TAG_SEED = "mtlbench.seed"
+TAG_STL_TASK = "mtlbench.stl_task"
+TAG_SELECTION = "mtlbench.selection"
+FINAL_PREFIX = "final"
+EPOCH_KEY = "final/epoch"
+
+Table = dict[str, dict[str, float]]
+"""task -> metric -> value"""
+
+
+class NoRunsError(LookupError):
+    """There is nothing to report: no store, no experiment, or no runs of the spec in it."""
+
+
+# ----------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class RunRecord:
+    """One benchmark run as read back from MLflow or the spool.
+
+    ``test`` / ``val`` hold the run's final metrics (task -> metric -> value; an STL run has
+    only its own task). Only ``status == "FINISHED"`` runs count in a report.
+    """
+
+    run_id: str
+    method: str
+    seed: int
+    stl_task: str | None
+    test: Table
+    val: Table
+    start_time: int  # milliseconds since the epoch
+    source: str  # "mlflow" | "spool"
+    status: str = "FINISHED"
+    selection: str | None = None
+    epoch: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int, str | None]:
+        """What makes two runs duplicates: (method, seed, STL task)."""
+        return (self.method, self.seed, self.stl_task if self.method == STL else None)
+
+    def describe(self) -> str:
+        task = f", task {self.stl_task}" if self.method == STL else ""
+        return f"run {self.run_id} ({self.method}, seed {self.seed}{task})"
+
+
+class Stat(NamedTuple):
+    """Mean and sample standard deviation over ``n`` seeds (std 0 for one seed)."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        mean, std = mean_std(values)
+        return cls(mean, std, len(values))
+
+
+@dataclass
+class MethodResult:
+    """Our numbers for one method: test metrics and Δp as mean ± std over seeds."""
+
+    method: str
+    seeds: tuple[int, ...]
+    run_ids: tuple[str, ...]
+    metrics: dict[str, dict[str, Stat]]
+    delta_p: Stat | None = None
+    delta_p_per_seed: dict[int, float] = field(default_factory=dict)
+    delta_p_per_task: dict[str, Stat] = field(default_factory=dict)
+    selections: tuple[str, ...] = ()
+
+    @property
+    def seed_counts(self) -> tuple[int, int]:
+        """Fewest and most seeds behind any metric (they differ only for STL tasks)."""
+        counts = [s.n for ms in self.metrics.values() for s in ms.values()] or [0]
+        return min(counts), max(counts)
+
+
+@dataclass
+class PaperRow:
+    """The published numbers for one method (metrics may cover only some tasks)."""
+
+    method: str
+    metrics: Table
+    delta_p: float | None  # as published
+    delta_p_recomputed: float | None  # from the published metrics, against the published STL
+
+
+@dataclass
+class Report:
+    """Everything :func:`render_markdown`, :func:`render_png` and the JSON need."""
+
+    spec_name: str
+    experiment: str
+    directions: dict[str, dict[str, bool]]
+    methods: list[str]  # display order: stl, the spec's methods, others alphabetically
+    ours: dict[str, MethodResult]
+    paper: dict[str, PaperRow]
+    reference_kind: str | None  # "ours" | "paper" | None (no Δp)
+    reference_label: str
+    reference: Table | None
+    paper_source: str | None
+    paper_note: str
+    spec_seeds: int
+    sources: tuple[str, ...]
+    n_runs: int  # finished runs counted (after duplicates were superseded)
+    superseded: int
+    not_finished: int
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """All numbers, JSON-ready."""
+
+        def stat(s: Stat | None) -> dict[str, float] | None:
+            return None if s is None else {"mean": s.mean, "std": s.std, "n": s.n}
+
+        return {
+            "spec": self.spec_name,
+            "experiment": self.experiment,
+            "directions": {
+                t: {m: ("higher" if h else "lower") for m, h in ms.items()}
+                for t, ms in self.directions.items()
+            },
+            "methods": self.methods,
+            "reference": {
+                "kind": self.reference_kind,
+                "label": self.reference_label,
+                "values": self.reference,
+            },
+            "ours": {
+                m: {
+                    "seeds": list(r.seeds),
+                    "run_ids": list(r.run_ids),
+                    "selections": list(r.selections),
+                    "test": {t: {k: stat(s) for k, s in ms.items()} for t, ms in r.metrics.items()},
+                    "delta_p": stat(r.delta_p),
+                    "delta_p_per_seed": {str(k): v for k, v in r.delta_p_per_seed.items()},
+                    "delta_p_per_task": {t: stat(s) for t, s in r.delta_p_per_task.items()},
+                }
+                for m, r in self.ours.items()
+            },
+            "paper": {
+                "source": self.paper_source,
+                "note": self.paper_note,
+                "rows": {
+                    m: {
+                        "test": p.metrics,
+                        "delta_p": p.delta_p,
+                        "delta_p_recomputed": p.delta_p_recomputed,
+                    }
+                    for m, p in self.paper.items()
+                },
+            },
+            "spec_seeds": self.spec_seeds,
+            "sources": list(self.sources),
+            "runs": self.n_runs,
+            "superseded": self.superseded,
+            "not_finished": self.not_finished,
+            "notes": self.notes,
+        }
+
+
+# ----------------------------------------------------------------------------------- collect
+def collect_runs(
+    spec: Spec,
+    *,
+    tracking_uri: str | None = None,
+    spool_root: str | Path | None = None,
+) -> list[RunRecord]:
+    """Every run of ``spec`` (any status; :func:`build_report` keeps the FINISHED ones).
+
+    From the MLflow store at ``tracking_uri`` when given (experiment ``spec.experiment``, runs
+    tagged ``mtlbench.spec = spec.name``), else from the spool under ``spool_root`` (default
+    ``./mtlruns-spool``). Runs without valid method/seed tags are skipped with a warning.
+
+    Raises:
+        NoRunsError: the store, experiment or spool does not exist, or holds no run of the
+            spec; the message says to run ``mtlbench run <spec>``.
+    """
+    if tracking_uri is not None:
+        return _collect_mlflow(spec, tracking_uri)
+    from mtltrain.tracking import DEFAULT_SPOOL_ROOT
+
+    return _collect_spool(spec, Path(spool_root) if spool_root is not None else DEFAULT_SPOOL_ROOT)
+
+
+def _hint(spec: Spec) -> str:
+    return f"run `mtlbench run {spec.name}` first"
+
+
+def _collect_mlflow(spec: Spec, tracking_uri: str) -> list[RunRecord]:
+    from mtltrain.tracking.mlflow_sink import normalize_tracking_uri, redact_uri
+
+    uri = normalize_tracking_uri(tracking_uri)
+    shown = redact_uri(uri)
+    if uri.startswith("sqlite:///"):  # do not create an empty database by reading one
+        db = uri[len("sqlite:///") :].partition("?")[0]
+        if db != ":memory:" and not Path(db).is_file():
+            raise NoRunsError(
+                f"no MLflow store at {shown} (the file {db!r} does not exist): {_hint(spec)} "
+                f"with that tracking URI, or pass the store the runs went to"
+            )
+    try:
+        from mlflow import MlflowClient
+    except ImportError as e:
+        raise ImportError(
+            f"reading runs from {shown} needs MLflow ({e}): pip install 'mtlbench[mlflow]', or "
+            f"report from the local spool instead (no tracking URI)"
+        ) from e
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(spec.experiment)
+    if experiment is None:
+        raise NoRunsError(
+            f"MLflow store {shown} has no experiment {spec.experiment!r}: {_hint(spec)} with "
+            f"this tracking URI (or pass the store the runs went to)"
+        )
+    # A name with a quote cannot go into MLflow's filter syntax: filter here instead.
+    query = "" if "'" in spec.name else f"tags.`{TAG_SPEC}` = '{spec.name}'"
+    records: list[RunRecord] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id], filter_string=query, max_results=1000, page_token=token
+        )
+        for run in page:
+            tags = dict(run.data.tags)
+            if tags.get(TAG_SPEC) != spec.name:
+                continue
+            record = _record(
+                spec,
+                run_id=run.info.run_id,
+                tags=tags,
+                metrics=dict(run.data.metrics),
+                start_time=run.info.start_time,
+                status=run.info.status,
+                source="mlflow",
+                where=f"MLflow run {run.info.run_id} in {shown}",
+            )
+            if record is not None:
+                records.append(record)
+        token = page.token
+        if not token:
+            break
+    if not records:
+        raise NoRunsError(
+            f"experiment {spec.experiment!r} in {shown} has no run tagged "
+            f"{TAG_SPEC}={spec.name!r}: {_hint(spec)}"
+        )
+    return records
+
+
+def _collect_spool(spec: Spec, root: Path) -> list[RunRecord]:
+    from mtltrain.tracking import RunSpool, find_runs
+
+    if not root.is_dir():
+        raise NoRunsError(
+            f"spool root {str(root)!r} does not exist: {_hint(spec)} (it spools there), pass "
+            f"the spool root the runs went to, or read them from MLflow with a tracking URI"
+        )
+    records: list[RunRecord] = []
+    for run_dir in find_runs(root):
+        spool = RunSpool.open(run_dir)
+        meta = spool.meta
+        tags = {str(k): str(v) for k, v in (meta.get("tags") or {}).items()}
+        if tags.get(TAG_SPEC) != spec.name:
+            continue
+        latest: dict[str, tuple[int, int, float]] = {}
+        for rec in spool.read_metrics():  # MLflow's "latest": largest step, then timestamp
+            old = latest.get(rec.key)
+            if old is None or (rec.step, rec.timestamp) >= old[:2]:
+                latest[rec.key] = (rec.step, rec.timestamp, rec.value)
+        record = _record(
+            spec,
+            run_id=spool.run_id,
+            tags=tags,
+            metrics={k: v[2] for k, v in latest.items()},
+            start_time=int(meta.get("start_time") or 0),
+            status=str(meta.get("status")),
+            source="spool",
+            where=f"spooled run {run_dir}",
+        )
+        if record is not None:
+            records.append(record)
+    if not records:
+        raise NoRunsError(
+            f"the spool {str(root)!r} has no run tagged {TAG_SPEC}={spec.name!r}: {_hint(spec)}"
+        )
+    return records
+
+
+def _record(
+    spec: Spec,
+    *,
+    run_id: str,
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+    start_time: int,
+    status: str,
+    source: str,
+    where: str,
+) -> RunRecord | None:
+    method = tags.get(TAG_METHOD)
+    seed_text = tags.get(TAG_SEED)
+    try:
+        seed = int(seed_text) if seed_text is not None else None
+    except ValueError:
+        seed = None
+    if not method or seed is None:
+        warnings.warn(
+            f"{where} is tagged {TAG_SPEC}={spec.name!r} but has no valid {TAG_METHOD} / "
+            f"{TAG_SEED} tags ({TAG_METHOD}={method!r}, {TAG_SEED}={seed_text!r}): left out of "
+            f"the report; was it started by something other than `mtlbench run`?",
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
+    epoch = metrics.get(EPOCH_KEY)
+    return RunRecord(
+        run_id=run_id,
+        method=method,
+        seed=seed,
+        stl_task=tags.get(TAG_STL_TASK) or None,
+        test=_final(spec, metrics, "test"),
+        val=_final(spec, metrics, "val"),
+        start_time=int(start_time or 0),
+        source=source,
+        status=status,
+        selection=tags.get(TAG_SELECTION),
+        epoch=None if epoch is None or not math.isfinite(epoch) else int(epoch),
+    )
+
+
+def _final(spec: Spec, metrics: Mapping[str, float], split: str) -> Table:
+    """``final/<split>/<task>/<metric>`` of every task/metric of the spec that the run has."""
+    out: Table = {}
+    for task, names in spec.tasks.items():
+        for metric in names:
+            value = metrics.get(f"{FINAL_PREFIX}/{split}/{task}/{metric}")
+            if value is not None:
+                out.setdefault(task, {})[metric] = float(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------- build
+def build_report(spec: Spec, runs: Iterable[RunRecord]) -> Report:
+    """Aggregate ``runs`` of ``spec`` into a :class:`Report` (see the module doc)."""
+    runs = list(runs)
+    notes: list[str] = []
+    finished = [r for r in runs if r.status == "FINISHED"]
+    not_finished = len(runs) - len(finished)
+    if not_finished:
+        states = sorted({r.status for r in runs if r.status != "FINISHED"})
+        notes.append(f"{not_finished} run(s) not FINISHED ({', '.join(states)}) were left out.")
+
+    complete: list[RunRecord] = []
+    for r in finished:
+        problem = _incomplete(spec, r)
+        if problem:
+            notes.append(f"{r.describe()} left out: {problem}.")
+        else:
+            complete.append(r)
+
+    newest: dict[tuple[str, int, str | None], RunRecord] = {}
+    for r in sorted(complete, key=lambda r: (r.start_time, r.run_id)):
+        newest[r.key] = r
+    superseded = len(complete) - len(newest)
+    if superseded:
+        notes.append(
+            f"{superseded} older run(s) with the same method, seed (and STL task) as a newer "
+            f"finished run were superseded by it."
+        )
+    kept = list(newest.values())
+
+    stl_runs: dict[str, list[RunRecord]] = defaultdict(list)
+    mtl_runs: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in sorted(kept, key=lambda r: (r.seed, r.start_time)):
+        if r.method == STL:
+            assert r.stl_task is not None
+            stl_runs[r.stl_task].append(r)
+        else:
+            mtl_runs[r.method].append(r)
+
+    # The Δp reference.
+    paper = spec.paper
+    reference: Table | None = None
+    kind: str | None = None
+    missing_stl = [t for t in spec.tasks if not stl_runs.get(t)]
+    if not missing_stl:
+        reference = {
+            t: {m: mean_std([r.test[t][m] for r in stl_runs[t]])[0] for m in spec.tasks[t]}
+            for t in spec.tasks
+        }
+        kind = "ours"
+        counts = sorted({len(stl_runs[t]) for t in spec.tasks})
+        n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        label = f"our STL runs ({n} seed{'s' if counts[-1] > 1 else ''}"
+        label += ")" if len(counts) == 1 else " per task)"
+    else:
+        have_paper_stl = paper is not None and _covers(paper.stl, spec.tasks)
+        if stl_runs and have_paper_stl:
+            notes.append(
+                f"Our STL runs lack task(s) {', '.join(missing_stl)}, so the published STL row "
+                f"is the Δp reference."
+            )
+        if paper is not None and have_paper_stl:
+            reference = paper.stl
+            kind = "paper"
+            label = f"published STL row, {paper.source}"
+        else:
+            label = "none (no Δp)"
+            why = (
+                "the spec's [paper] table has no complete STL row"
+                if paper is not None
+                else "the spec has no [paper] table with an STL row"
+            )
+            notes.append(
+                f"No Δp: no STL run for task(s) {', '.join(missing_stl)} and {why}; run the "
+                f"single-task baselines (method {STL!r}) with `mtlbench run {spec.name}`."
+            )
+
+    ours: dict[str, MethodResult] = {}
+    if stl_runs:
+        ours[STL] = _stl_result(spec, stl_runs, reference)
+    for method, group in mtl_runs.items():
+        ours[method] = _method_result(spec, method, group, reference)
+
+    rows: dict[str, PaperRow] = {}
+    if paper is not None:
+        paper_stl = paper.stl if _covers(paper.stl, spec.tasks) else None
+        for method in dict.fromkeys([*paper.results, *paper.delta_p]):
+            values = paper.results.get(method, {})
+            recomputed = (
+                delta_p(values, paper_stl, spec.tasks)
+                if paper_stl is not None and _covers(values, spec.tasks)
+                else None
+            )
+            rows[method] = PaperRow(method, values, paper.delta_p.get(method), recomputed)
+
+    # What the spec asks for and is not there.
+    for method in spec.methods:
+        if method == STL:
+            continue
+        got = len(ours[method].seeds) if method in ours else 0
+        if got == 0:
+            notes.append(f"{method}: no finished run (run it with `mtlbench run {spec.name}`).")
+        elif got < spec.seeds:
+            notes.append(f"{method}: {got} of the spec's {spec.seeds} seeds finished.")
+    if stl_runs:
+        for task in spec.tasks:
+            got = len(stl_runs.get(task, []))
+            if 0 < got < spec.seeds:
+                notes.append(f"STL {task}: {got} of the spec's {spec.seeds} seeds finished.")
+    if not kept:
+        notes.append(f"No finished run of {spec.name} to report: {_hint(spec)}.")
+
+    return Report(
+        spec_name=spec.name,
+        experiment=spec.experiment,
+        directions={t: dict(ms) for t, ms in spec.tasks.items()},
+        methods=_order([*ours, *rows], spec.methods),
+        ours=ours,
+        paper=rows,
+        reference_kind=kind,
+        reference_label=label,
+        reference=reference,
+        paper_source=None if paper is None else paper.source,
+        paper_note="" if paper is None else paper.note,
+        spec_seeds=spec.seeds,
+        sources=tuple(sorted({r.source for r in kept})),
+        n_runs=len(kept),
+        superseded=superseded,
+        not_finished=not_finished,
+        notes=notes,
+    )
+
+
+def _incomplete(spec: Spec, run: RunRecord) -> str | None:
+    """Why a finished run cannot be counted, or None."""
+    if run.method == STL:
+        if run.stl_task is None:
+            return f"an STL run without a {TAG_STL_TASK} tag"
+        if run.stl_task not in spec.tasks:
+            return f"STL task {run.stl_task!r} is not a task of the spec ({sorted(spec.tasks)})"
+        tasks = [run.stl_task]
+    else:
+        tasks = list(spec.tasks)
+    missing = [
+        f"final/test/{t}/{m}"
+        for t in tasks
+        for m in spec.tasks[t]
+        if not math.isfinite(run.test.get(t, {}).get(m, math.nan))
+    ]
+    if missing:
+        return f"no finite {', '.join(missing)}"
+    return None
+
+
+def _covers(
+    table: Mapping[str, Mapping[str, float]] | None, directions: Mapping[str, Mapping[str, bool]]
+) -> bool:
+    """Whether ``table`` has a value for every task/metric of ``directions``."""
+    if table is None:
+        return False
+    return all(m in table.get(t, {}) for t, ms in directions.items() for m in ms)
+
+
+def _per_task_stats(values: Sequence[Mapping[str, float]]) -> dict[str, Stat]:
+    tasks = list(values[0]) if values else []
+    return {t: Stat.of([v[t] for v in values]) for t in tasks}
+
+
+def _method_result(
+    spec: Spec, method: str, runs: list[RunRecord], reference: Table | None
+) -> MethodResult:
+    metrics = {
+        t: {m: Stat.of([r.test[t][m] for r in runs]) for m in ms} for t, ms in spec.tasks.items()
+    }
+    result = MethodResult(
+        method=method,
+        seeds=tuple(r.seed for r in runs),
+        run_ids=tuple(r.run_id for r in runs),
+        metrics=metrics,
+        selections=tuple(sorted({r.selection for r in runs if r.selection})),
+    )
+    if reference is not None:
+        result.delta_p_per_seed = {r.seed: delta_p(r.test, reference, spec.tasks) for r in runs}
+        result.delta_p = Stat.of(list(result.delta_p_per_seed.values()))
+        result.delta_p_per_task = _per_task_stats(
+            [delta_p_per_task(r.test, reference, spec.tasks) for r in runs]
+        )
+    return result
+
+
+def _stl_result(
+    spec: Spec, stl_runs: Mapping[str, list[RunRecord]], reference: Table | None
+) -> MethodResult:
+    """The STL row: each task's metrics from its own STL runs; Δp per seed where every task
+    has a run of that seed (≈ 0 on average against our own STL reference)."""
+    metrics = {
+        t: {m: Stat.of([r.test[t][m] for r in stl_runs[t]]) for m in spec.tasks[t]}
+        for t in spec.tasks
+        if stl_runs.get(t)
+    }
+    all_runs = [r for t in spec.tasks for r in stl_runs.get(t, [])]
+    result = MethodResult(
+        method=STL,
+        seeds=tuple(sorted({r.seed for r in all_runs})),
+        run_ids=tuple(r.run_id for r in all_runs),
+        metrics=metrics,
+        selections=tuple(sorted({r.selection for r in all_runs if r.selection})),
+    )
+    if reference is None:
+        return result
+    by_seed: dict[int, Table] = defaultdict(dict)
+    for task, runs in stl_runs.items():
+        for r in runs:
+            by_seed[r.seed][task] = r.test[task]
+    combined = {s: t for s, t in sorted(by_seed.items()) if _covers(t, spec.tasks)}
+    if combined:
+        result.delta_p_per_seed = {
+            s: delta_p(t, reference, spec.tasks) for s, t in combined.items()
+        }
+        result.delta_p = Stat.of(list(result.delta_p_per_seed.values()))
+        result.delta_p_per_task = _per_task_stats(
+            [delta_p_per_task(t, reference, spec.tasks) for t in combined.values()]
+        )
+    return result
+
+
+def _order(methods: Iterable[str], spec_methods: Sequence[str]) -> list[str]:
+    present = set(methods)
+    first = [STL] if STL in present else []
+    listed = [m for m in dict.fromkeys(spec_methods) if m != STL and m in present]
+    rest = sorted(present - set(first) - set(listed))
+    return first + listed + rest
+
+
+# ------------------------------------------------------------------------------------ render
+def _name(method: str) -> str:
+    return "STL" if method == STL else method
+
+
+def _columns(report: Report) -> list[tuple[str, str, bool]]:
+    return [(t, m, h) for t, ms in report.directions.items() for m, h in ms.items()]
+
+
+def _column_decimals(report: Report) -> dict[tuple[str, str], int]:
+    """Decimals per metric column: 4 significant digits at the column's largest magnitude
+    (69.06, 0.01282, 0.7512), like the paper's tables."""
+    out: dict[tuple[str, str], int] = {}
+    for task, metric, _ in _columns(report):
+        values = [r.metrics[task][metric].mean for r in report.ours.values()
+                  if metric in r.metrics.get(task, {})]  # fmt: skip
+        values += [p.metrics[task][metric] for p in report.paper.values()
+                   if metric in p.metrics.get(task, {})]  # fmt: skip
+        big = max((abs(v) for v in values if math.isfinite(v) and v != 0), default=1.0)
+        out[(task, metric)] = min(6, max(0, 3 - math.floor(math.log10(big))))
+    return out
+
+
+def _fmt_stat(s: Stat, decimals: int, signed: bool = False) -> str:
+    text = _fmt(s.mean, decimals, signed)
+    return text if s.n <= 1 else f"{text} ± {s.std:.{decimals}f}"
+
+
+def _fmt(v: float, decimals: int, signed: bool = False) -> str:
+    if round(v, decimals) == 0:  # no "-0.00"
+        v = 0.0
+    return f"{v:{'+' if signed else ''}.{decimals}f}"
+
+
+def _seeds_text(r: MethodResult) -> str:
+    lo, hi = r.seed_counts
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def _table_rows(report: Report, *, bold: bool) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells of the results table (ours and the paper's rows)."""
+    cols = _columns(report)
+    dec = _column_decimals(report)
+    header = ["Method", "Seeds"]
+    header += [f"{t} {m} {'↑' if h else '↓'}" for t, m, h in cols] + ["Δp ↑"]
+
+    best: dict[tuple[str, str], float] = {}
+    if bold:  # the best mean of our multi-task rows, per column, as the paper marks it
+        mtl = [r for m, r in report.ours.items() if m != STL]
+        if len(mtl) > 1:
+            for t, m, h in cols:
+                means = [r.metrics[t][m].mean for r in mtl]
+                best[(t, m)] = max(means) if h else min(means)
+            dps = [r.delta_p.mean for r in mtl if r.delta_p is not None]
+            if len(dps) > 1:
+                best[("", "Δp")] = max(dps)
+
+    def mark(text: str, key: tuple[str, str], value: float) -> str:
+        if key in best and value == best[key]:
+            head, sep, tail = text.partition(" ± ")
+            return f"**{head}**{sep}{tail}"
+        return text
+
+    body: list[list[str]] = []
+    for method in report.methods:
+        ours = report.ours.get(method)
+        if ours is not None:
+            row = [_name(method), _seeds_text(ours)]
+            for t, m, _ in cols:
+                s = ours.metrics.get(t, {}).get(m)
+                row.append("—" if s is None else mark(_fmt_stat(s, dec[(t, m)]), (t, m), s.mean))
+            dp = ours.delta_p
+            row.append("—" if dp is None else mark(_fmt_stat(dp, 2, True), ("", "Δp"), dp.mean))
+            body.append(row)
+        pub = report.paper.get(method)
+        if pub is not None:
+            row = [f"{_name(method)} (paper)", ""]
+            for t, m, _ in cols:
+                v = pub.metrics.get(t, {}).get(m)
+                row.append("—" if v is None else _fmt(v, dec[(t, m)]))
+            if pub.delta_p is not None:
+                row.append(_fmt(pub.delta_p, 2, True))
+            elif pub.delta_p_recomputed is not None:
+                row.append(_fmt(pub.delta_p_recomputed, 2, True) + " †")
+            else:
+                row.append("—")
+            body.append(row)
+    return header, body
+
+
+def _selection_text(report: Report) -> str | None:
+    counts: dict[str, int] = defaultdict(int)
+    for r in report.ours.values():
+        for s in r.selections:
+            counts[s] += 1
+    if not counts:
+        return None
+    return ", ".join(f"{k} ({v} method{'s' if v > 1 else ''})" for k, v in sorted(counts.items()))
+
+
+def render_markdown(report: Report) -> str:
+    """The paper's table layout: one row per method, every task's metrics with ↑/↓, then Δp;
+    ours as mean ± std over seeds, the published row ``<method> (paper)`` right under it."""
+    lines = [f"# {report.spec_name}: results and Δp", ""]
+    runs = f"{report.n_runs} finished run(s)"
+    if report.sources:
+        runs += f" from {' and '.join(report.sources)}"
+    lines.append(f"- Experiment: `{report.experiment}`, {runs}")
+    lines.append(f"- Δp reference: {report.reference_label}")
+    mtl = [r for m, r in report.ours.items() if m != STL]
+    if mtl:
+        counts = sorted({len(r.seeds) for r in mtl})
+        n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        lines.append(f"- Seeds: {n} per method (the spec asks for {report.spec_seeds})")
+    selection = _selection_text(report)
+    if selection:
+        lines.append(f"- Model selection: {selection}")
+    if report.paper_source is not None:
+        paper = f"- Paper: {report.paper_source}"
+        if report.paper_note:
+            paper += f" ({report.paper_note})"
+        lines.append(paper)
+    lines.append("")
+
+    header, body = _table_rows(report, bold=True)
+    lines += _md_table(header, body, first_left=1)
+    legend = (
+        "Test metrics, mean ± std over seeds (std omitted for one seed); ↑ higher / ↓ lower "
+        "is better; Δp in % (Lin et al., Eq. (2)); **bold**: our best multi-task row."
+    )
+    if any(p.delta_p is None and p.delta_p_recomputed is not None for p in report.paper.values()):
+        legend += " †: not published, computed from the paper's metrics against its STL row."
+    lines += ["", legend]
+
+    with_tasks = [m for m in report.methods if m in report.ours and report.ours[m].delta_p_per_task]
+    if with_tasks and len(report.directions) > 1:
+        tasks = list(report.directions)
+        lines += ["", "## Δp per task (ours, %)", ""]
+        rows = [
+            [_name(m)] + [_fmt_stat(report.ours[m].delta_p_per_task[t], 2, True) for t in tasks]
+            for m in with_tasks
+        ]
+        lines += _md_table(["Method", *(f"Δp {t}" for t in tasks)], rows, first_left=1)
+
+    if report.notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(header: list[str], body: list[list[str]], *, first_left: int) -> list[str]:
+    align = [":---" if i < first_left else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(r) + " |" for r in (header, align, *body)]
+
+
+def render_png(report: Report, path: str | Path) -> Path:
+    """A horizontal bar chart of Δp per method (ours with std error bars, the paper's value
+    beside it) above the results table, as a PNG at ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    header, body = _table_rows(report, bold=False)
+    bars = [
+        m
+        for m in report.methods
+        if (m in report.ours and report.ours[m].delta_p is not None)
+        or (m in report.paper and _paper_dp(report.paper[m]) is not None)
+    ]
+    chart_h = 0.5 + 0.42 * max(1, len(bars))
+    table_h = 0.3 + 0.22 * (len(body) + 1)
+    width = max(8.0, 2.0 + 1.45 * (len(header) - 1))
+    fig = Figure(figsize=(width, chart_h + table_h + 0.8))
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, 1, height_ratios=[chart_h, table_h], hspace=0.6)
+    ax = fig.add_subplot(grid[0])
+    if bars:
+        h = 0.38
+        labelled: set[str] = set()
+
+        def label(kind: str) -> str | None:  # one legend entry per kind
+            if kind in labelled:
+                return None
+            labelled.add(kind)
+            return kind
+
+        for i, m in enumerate(bars):
+            ours = report.ours.get(m)
+            if ours is not None and ours.delta_p is not None:
+                dp = ours.delta_p
+                err = dp.std if dp.n > 1 else None
+                ax.barh(i - h / 2, dp.mean, h, xerr=err, color="tab:blue", capsize=3,
+                        label=label("ours"))  # fmt: skip
+            pub = report.paper.get(m)
+            value = None if pub is None else _paper_dp(pub)
+            if value is not None:
+                ax.barh(i + h / 2, value, h, color="tab:gray", alpha=0.7, label=label("paper"))
+        ax.set_yticks(range(len(bars)), [_name(m) for m in bars])
+        ax.invert_yaxis()
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_xlabel("Δp (%) ↑")
+        handles, names = ax.get_legend_handles_labels()
+        order = sorted(range(len(names)), key=lambda i: names[i] != "ours")
+        ax.legend([handles[i] for i in order], [names[i] for i in order], fontsize="small")
+        ax.grid(axis="x", alpha=0.3)
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no Δp: " + report.reference_label, ha="center", va="center")
+    ax.set_title(f"{report.spec_name} — Δp vs {report.reference_label}", fontsize="medium")
+
+    tab_ax = fig.add_subplot(grid[1])
+    tab_ax.set_axis_off()
+    if body:
+        table = tab_ax.table(cellText=body, colLabels=header, loc="upper center",
+                             cellLoc="right", colLoc="center")  # fmt: skip
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+        table.auto_set_column_width(list(range(len(header))))
+        for (row, col), cell in table.get_celld().items():
+            if row == 0:
+                cell.set_text_props(weight="bold")
+            elif body[row - 1][0].endswith("(paper)"):
+                cell.set_facecolor("#f0f0f0")
+            if col == 0:
+                cell.set_text_props(ha="left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def _paper_dp(row: PaperRow) -> float | None:
+    return row.delta_p if row.delta_p is not None else row.delta_p_recomputed
+
+
+def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``report.png`` and ``report.json`` (every number) in ``out_dir``
+    (created if missing); returns their paths by kind (``md``, ``png``, ``json``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "report.md", "png": out / "report.png", "json": out / "report.json"}
+    paths["md"].write_text(render_markdown(report), encoding="utf-8")
+    render_png(report, paths["png"])
+    paths["json"].write_text(
+        json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return paths

@@ -1,0 +1,333 @@
+"""Run a benchmark spec: spec -> problem -> model -> balancer -> trainer -> tracking.
+
+Every run is tracked with the tags :mod:`mtlbench.report` reads back (``mtlbench.spec``,
+``mtlbench.method``, ``mtlbench.seed``, ``mtlbench.stl_task``, ``mtlbench.selection``) and logs
+its selected epoch's metrics as ``final/{val,test}/<task>/<metric>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mtlbalance
+from mtltrain.problem import MultiTaskModel, Problem
+from mtltrain.tracking import Tracker
+from mtltrain.trainer import (
+    FitResult,
+    Trainer,
+    TrainerConfig,
+    load_checkpoint_info,
+    seed_everything,
+)
+
+from .report import STL, NoRunsError, RunRecord, collect_runs
+from .spec import Spec
+
+__all__ = [
+    "build_problem",
+    "earlier_stl_runs",
+    "resolve_device",
+    "run_benchmark",
+    "run_one",
+    "stl_references",
+    "with_epochs",
+]
+
+Table = dict[str, dict[str, float]]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here; use cpu or auto")
+    return dev
+
+
+def build_problem(spec: Spec) -> Problem:
+    """Build the spec's problem and check its tasks and metrics against the spec's."""
+    problem = spec.builder()(data=spec.data, model=spec.model)
+    if not isinstance(problem, Problem):
+        raise TypeError(
+            f"{spec.problem} returned {type(problem).__name__}, not mtltrain.problem.Problem"
+        )
+    got = {
+        t.name: {m: metric.higher_is_better for m, metric in t.metrics.items()}
+        for t in problem.tasks
+    }
+    if got != spec.tasks:
+        raise ValueError(
+            f"spec {spec.name!r} declares tasks/metrics {spec.tasks} (True = higher is better), "
+            f"but {spec.problem} provides {got}; make [tasks] in {spec.path} match the problem"
+        )
+    return problem
+
+
+def run_benchmark(
+    spec: Spec,
+    *,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    stl: bool,
+    tracking_uri: str | None,
+    spool_root: str | Path,
+    out_dir: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool | None = None,
+    log_every: int = 50,
+    echo: Callable[[str], None] = print,
+) -> list[RunRecord]:
+    """Run STL (when ``stl``) and every method for every seed; return the finished runs.
+
+    Model selection and ``final/test/delta_p`` use our STL runs as the reference when every
+    task has one (from this call, or earlier runs of the spec in the same store/spool);
+    otherwise selection falls back to each run's first epoch and the test Δp to the spec's
+    published STL row (when it has one).
+    """
+    dev = resolve_device(device)
+    problem = build_problem(spec)
+    records: list[RunRecord] = []
+    common: dict[str, Any] = {
+        "problem": problem,
+        "tracking_uri": tracking_uri,
+        "spool_root": Path(spool_root),
+        "out_dir": Path(out_dir),
+        "device": dev,
+        "resume": resume,
+        "progress": progress,
+        "log_every": log_every,
+    }
+    if stl:
+        for seed in seeds:
+            for task in spec.tasks:
+                echo(f"[{spec.name}] stl ({task}), seed {seed}")
+                records.append(run_one(spec, STL, seed, stl_task=task, **common))
+    stl_runs = [r for r in records if r.method == STL] or earlier_stl_runs(
+        spec, tracking_uri, spool_root
+    )
+    val_ref, test_ref = stl_references(spec, stl_runs)
+    if val_ref is None and methods:
+        where = "the published STL row" if test_ref is not None else "nothing (no Δp)"
+        echo(
+            f"[{spec.name}] no STL runs cover every task: model selection uses each run's first "
+            f"epoch, test Δp uses {where}; add --stl for our own STL reference"
+        )
+    for seed in seeds:
+        for method in methods:
+            echo(f"[{spec.name}] {method}, seed {seed}")
+            records.append(
+                run_one(
+                    spec, method, seed, val_reference=val_ref, test_reference=test_ref, **common
+                )
+            )
+    return records
+
+
+def stl_references(spec: Spec, stl_runs: Sequence[RunRecord]) -> tuple[Table | None, Table | None]:
+    """(validation, test) STL references: means over seeds of our STL runs when every task has
+    one; else (None, the spec's published STL row or None)."""
+    per_task: dict[str, list[RunRecord]] = {}
+    for r in stl_runs:
+        if r.status == "FINISHED" and r.stl_task is not None:
+            per_task.setdefault(r.stl_task, []).append(r)
+    if all(per_task.get(t) for t in spec.tasks):
+        val: Table = {}
+        test: Table = {}
+        for task, metrics in spec.tasks.items():
+            runs = per_task[task]
+            val[task] = {m: statistics.fmean(r.val[task][m] for r in runs) for m in metrics}
+            test[task] = {m: statistics.fmean(r.test[task][m] for r in runs) for m in metrics}
+        return val, test
+    paper = spec.paper.stl if spec.paper is not None else None
+    if paper is not None and all(
+        t in paper and set(ms) <= set(paper[t]) for t, ms in spec.tasks.items()
+    ):
+        return None, paper
+    return None, None
+
+
+def earlier_stl_runs(
+    spec: Spec, tracking_uri: str | None, spool_root: str | Path
+) -> list[RunRecord]:
+    """FINISHED STL runs of ``spec`` already in the store (or the spool without one)."""
+    try:
+        runs = collect_runs(spec, tracking_uri=tracking_uri, spool_root=spool_root)
+    except (NoRunsError, ImportError):
+        return []
+    return [r for r in runs if r.method == STL and r.status == "FINISHED"]
+
+
+def run_one(
+    spec: Spec,
+    method: str,
+    seed: int,
+    *,
+    problem: Problem,
+    tracking_uri: str | None,
+    spool_root: Path,
+    out_dir: Path,
+    device: torch.device,
+    stl_task: str | None = None,
+    val_reference: Table | None = None,
+    test_reference: Table | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    log_every: int = 50,
+) -> RunRecord:
+    """Train one (method, seed[, STL task]) run of ``spec`` and return its record."""
+    train = spec.train
+    run_name = f"{method}-seed{seed}" + (f"-{stl_task}" if stl_task else "")
+    ckpt_dir = out_dir / "checkpoints" / spec.name / run_name.replace("+", "_")
+    last = ckpt_dir / "last.pt"
+    resume_id = None
+    if resume and last.is_file():
+        resume_id = load_checkpoint_info(last)["tracker_run_id"]
+        if resume_id is not None and not (spool_root / resume_id).is_dir():
+            resume_id = None  # the spool went elsewhere: continue the training, new tracked run
+    elif last.is_file():
+        last.unlink()  # a fresh run must not pick up an old one's state
+
+    seed_everything(seed)
+    model = problem.make_model().to(device)
+    if not isinstance(model, MultiTaskModel):
+        raise TypeError(
+            f"{spec.problem}'s model {type(model).__name__} must define shared_parameters() and "
+            f"task_parameters() (mtltrain.problem.MultiTaskModel)"
+        )
+    options = spec.options_for(method)
+    if method == STL:
+        options["task"] = stl_task
+    balancer = mtlbalance.make(
+        method, model.shared_parameters(), model.task_parameters(), **options
+    )
+    optimizer = _optimizer(spec, [*model.parameters(), *balancer.parameters()])
+    scheduler = _scheduler(spec, optimizer)
+    tags = {"mtlbench.spec": spec.name, "mtlbench.method": method, "mtlbench.seed": str(seed)}
+    if stl_task is not None:
+        tags["mtlbench.stl_task"] = stl_task
+    config = {
+        "spec": spec.as_dict(),
+        "method": method,
+        "method_options": options,
+        "seed": seed,
+        "stl_task": stl_task,
+        "device": str(device),
+        "problem": problem.info,
+        "reference": "stl" if val_reference is not None else "first_epoch",
+    }
+    tracker = Tracker(
+        spec.experiment,
+        spool_root=spool_root,
+        tracking_uri=tracking_uri,
+        run_name=run_name,
+        tags=tags,
+        log_every=log_every,
+        resume=resume_id,
+    )
+    with tracker:
+        if resume_id is None:
+            tracker.log_params(config)
+            tracker.log_dict(config, "config.json")
+        trainer = Trainer(
+            model,
+            problem.tasks,
+            balancer,
+            optimizer,
+            config=TrainerConfig(
+                epochs=train.epochs,
+                accumulate=train.accumulate,
+                precision=train.precision,
+                selection=train.selection,
+                early_stopping=train.early_stopping,
+                checkpoint_dir=str(ckpt_dir),
+                seed=seed,
+                progress=progress,
+                log_every=log_every,
+            ),
+            scheduler=scheduler,
+            tracker=tracker,
+            val_reference=val_reference if stl_task is None else None,
+            test_reference=test_reference,
+            select_tasks=[stl_task] if stl_task is not None else None,
+            device=device,
+            unpack=problem.unpack,
+        )
+        start = time.time()
+        eval_bs = train.eval_batch_size or train.batch_size
+        result = trainer.fit(
+            problem.loader(problem.train, train.batch_size, True),
+            problem.loader(problem.val, eval_bs, False),
+            problem.loader(problem.test, eval_bs, False),
+            resume=resume,
+        )
+        tracker.set_tags({"mtlbench.selection": result.selection})
+        tracker.log_metrics({"final/seconds": time.time() - start}, step=0)
+        return _record(tracker.run_id, method, seed, stl_task, result, int(start * 1000))
+
+
+def _record(
+    run_id: str, method: str, seed: int, stl_task: str | None, result: FitResult, start_ms: int
+) -> RunRecord:
+    tasks = [stl_task] if stl_task is not None else None
+
+    def pick(table: Mapping[str, Mapping[str, float]] | None) -> Table:
+        if table is None:
+            return {}
+        return {t: dict(v) for t, v in table.items() if tasks is None or t in tasks}
+
+    return RunRecord(
+        run_id=run_id,
+        method=method,
+        seed=seed,
+        stl_task=stl_task,
+        test=pick(result.test),
+        val=pick(result.val),
+        start_time=start_ms,
+        source="spool",
+        status="FINISHED",
+        selection=result.selection,
+        epoch=result.best_epoch,
+    )
+
+
+def _optimizer(spec: Spec, params: list[Any]) -> torch.optim.Optimizer:
+    t = spec.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def _scheduler(spec: Spec, optimizer: torch.optim.Optimizer) -> Any:
+    cfg = spec.train.scheduler
+    if cfg is None:
+        return None
+    options = {k: v for k, v in cfg.items() if k != "type"}
+    kind = cfg["type"]
+    try:
+        if kind == "plateau":  # stepped with the validation Δp: larger is better
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", **options)
+        if kind == "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, **options)
+        options.setdefault("T_max", spec.train.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **options)
+    except TypeError as e:
+        raise ValueError(f"{spec.path}: train.scheduler options {options} for {kind!r}: {e}") from e
+
+
+def with_epochs(spec: Spec, epochs: int | None) -> Spec:
+    """The spec with its epoch budget replaced (``mtlbench run --epochs``)."""
+    if epochs is None:
+        return spec
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=epochs))

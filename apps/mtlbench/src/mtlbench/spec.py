@@ -1,0 +1,356 @@
+"""Benchmark specs: one TOML file per benchmark under ``benchmarks/specs/``.
+
+A spec is data, not code: the problem builder to call (``"module:function"``) with its data
+and model options, the training budget, every task's metrics with their directions, the
+methods to run by default, and the paper's published table for that data set. Example::
+
+    name = "synthetic-hetero"
+    description = "three tasks with losses of very different scales"
+    problem = "mtlbench.problems.synthetic:build"
+    methods = ["ew", "dbmtl", "uw"]
+
+    [data]  # passed to the builder as data=...
+    n_train = 8192
+
+    [model]  # passed to the builder as model=...
+    hidden = 64
+
+    [train]
+    epochs = 6
+    batch_size = 256
+    lr = 1e-3
+
+    [tasks.click]  # task -> metric -> "higher" | "lower" (is better)
+    auc = "higher"
+
+    [method_options.dbmtl]  # hyperparameters for mtlbalance.make(method, ...)
+    beta = 0.9
+
+    [paper]  # optional: published numbers in the same metrics and units
+    source = "Table 2 of Lin et al."
+    [paper.results.stl.click]
+    auc = 0.75
+    [paper.delta_p]
+    ew = -2.05
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PaperTable",
+    "Spec",
+    "TrainSpec",
+    "find_spec",
+    "list_specs",
+    "load_spec",
+    "specs_dir",
+]
+
+SPECS_ENV = "MTLBENCH_SPECS"
+_DIRECTIONS = {"higher": True, "lower": False}
+_PRECISIONS = ("fp32", "bf16", "fp16")
+_SELECTIONS = ("val_delta_p", "last")
+_OPTIMIZERS = ("adam", "adamw", "sgd")
+_SCHEDULERS = ("plateau", "step", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The training budget and optimisation settings of a benchmark."""
+
+    epochs: int
+    batch_size: int
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: dict[str, Any] | None = None
+    accumulate: int = 1
+    precision: str = "fp32"
+    selection: str = "val_delta_p"
+    early_stopping: int | None = None
+    eval_batch_size: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """Published numbers for a benchmark: method -> task -> metric -> value, the published
+    Δp per method (in percent), and where they come from."""
+
+    source: str
+    results: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    delta_p: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def stl(self) -> dict[str, dict[str, float]] | None:
+        """The published single-task row, if the table has one (method key ``"stl"``)."""
+        return self.results.get("stl")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One benchmark, as read from its TOML file (see the module doc for the format)."""
+
+    name: str
+    description: str
+    path: Path | None
+    problem: str
+    data: dict[str, Any]
+    model: dict[str, Any]
+    train: TrainSpec
+    tasks: dict[str, dict[str, bool]]
+    methods: tuple[str, ...]
+    method_options: dict[str, dict[str, Any]]
+    paper: PaperTable | None
+    seeds: int = 1
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment the benchmark's runs go to."""
+        return f"mtlbench/{self.name}"
+
+    def builder(self) -> Callable[..., Any]:
+        """Import the problem builder named by ``problem`` (``"module:function"``)."""
+        module_name, _, attr = self.problem.partition(":")
+        where = f"spec {self.name!r} ({self.path})"
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ImportError(
+                f"{where}: cannot import {module_name!r} for problem = {self.problem!r} ({e}); "
+                f"install the package that provides it"
+            ) from e
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            raise ValueError(f"{where}: {module_name!r} has no callable {attr!r}")
+        return fn
+
+    def options_for(self, method: str) -> dict[str, Any]:
+        """Hyperparameters for ``mtlbalance.make(method, ...)`` from ``[method_options]``."""
+        return dict(self.method_options.get(method, {}))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved spec (for logging as the run's config)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "path": None if self.path is None else str(self.path),
+            "problem": self.problem,
+            "data": self.data,
+            "model": self.model,
+            "train": self.train.as_dict(),
+            "tasks": {
+                t: {m: ("higher" if h else "lower") for m, h in ms.items()}
+                for t, ms in self.tasks.items()
+            },
+            "methods": list(self.methods),
+            "method_options": self.method_options,
+            "seeds": self.seeds,
+        }
+
+
+# ---------------------------------------------------------------------------------- loading
+def specs_dir(start: str | os.PathLike[str] | None = None) -> Path:
+    """Where specs live: ``$MTLBENCH_SPECS``, else the first ``benchmarks/specs`` found in the
+    current directory or one of its parents."""
+    env = os.environ.get(SPECS_ENV)
+    if env:
+        path = Path(env)
+        if not path.is_dir():
+            raise FileNotFoundError(f"${SPECS_ENV}={env!r} is not a directory")
+        return path
+    here = Path(start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        candidate = folder / "benchmarks" / "specs"
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no benchmarks/specs folder in {here} or its parents: run mtlbench inside the "
+        f"mtlbalance repository, set ${SPECS_ENV}, or pass --specs DIR / a spec file path"
+    )
+
+
+def list_specs(directory: str | os.PathLike[str] | None = None) -> list[Spec]:
+    """Every spec in ``directory`` (default :func:`specs_dir`), sorted by name."""
+    folder = Path(directory) if directory is not None else specs_dir()
+    return sorted((load_spec(p) for p in folder.glob("*.toml")), key=lambda s: s.name)
+
+
+def find_spec(name_or_path: str, directory: str | os.PathLike[str] | None = None) -> Spec:
+    """A spec by name (``census-income``) or by path to its TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"spec file {str(path)!r} does not exist")
+        return load_spec(path)
+    folder = Path(directory) if directory is not None else specs_dir()
+    candidate = folder / f"{name_or_path}.toml"
+    if candidate.is_file():
+        return load_spec(candidate)
+    known = sorted(p.stem for p in folder.glob("*.toml"))
+    raise ValueError(f"no spec named {name_or_path!r} in {folder}; known specs: {known}")
+
+
+def load_spec(path: str | os.PathLike[str]) -> Spec:
+    """Read and validate one spec file; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from e
+    return parse_spec(raw, path=path)
+
+
+def parse_spec(raw: Mapping[str, Any], *, path: Path | None = None) -> Spec:
+    """Validate a spec given as a mapping (what :func:`load_spec` reads from TOML)."""
+    where = str(path) if path is not None else "spec"
+    known = {
+        "name", "description", "problem", "data", "model", "train", "tasks", "methods",
+        "method_options", "paper", "seeds",
+    }  # fmt: skip
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown top-level keys {unknown}; allowed: {sorted(known)}")
+    name = _req(raw, "name", str, where)
+    problem = _req(raw, "problem", str, where)
+    if ":" not in problem:
+        raise ValueError(f"{where}: problem must be 'module:function', not {problem!r}")
+    tasks = _tasks(raw.get("tasks"), where)
+    methods = raw.get("methods", ["ew", "dbmtl"])
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        raise ValueError(f"{where}: methods must be a list of method names, not {methods!r}")
+    options = raw.get("method_options", {})
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ValueError(f"{where}: [method_options.<method>] tables expected")
+    seeds = raw.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"{where}: seeds must be a positive integer, not {seeds!r}")
+    return Spec(
+        name=name,
+        description=str(raw.get("description", "")),
+        path=path,
+        problem=problem,
+        data=dict(_table(raw, "data", where)),
+        model=dict(_table(raw, "model", where)),
+        train=_train(_table(raw, "train", where), where),
+        tasks=tasks,
+        methods=tuple(methods),
+        method_options={k: dict(v) for k, v in options.items()},
+        paper=_paper(raw.get("paper"), tasks, where),
+        seeds=seeds,
+    )
+
+
+def _req(raw: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in raw:
+        raise ValueError(f"{where}: missing required key {key!r}")
+    value = raw[key]
+    if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{where}: {key!r} must be a non-empty {kind.__name__}, not {value!r}")
+    return value
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: [{key}] must be a table, not {value!r}")
+    return value
+
+
+def _tasks(raw: Any, where: str) -> dict[str, dict[str, bool]]:
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(
+            f'{where}: [tasks.<task>] tables with metric = "higher"|"lower" are required'
+        )
+    out: dict[str, dict[str, bool]] = {}
+    for task, metrics in raw.items():
+        if not isinstance(metrics, dict) or not metrics:
+            raise ValueError(f"{where}: [tasks.{task}] must list at least one metric")
+        out[task] = {}
+        for metric, direction in metrics.items():
+            if direction not in _DIRECTIONS:
+                raise ValueError(
+                    f'{where}: tasks.{task}.{metric} = {direction!r}; use "higher" or '
+                    f'"lower" (which value of the metric is better)'
+                )
+            out[task][metric] = _DIRECTIONS[direction]
+    return out
+
+
+def _train(raw: Mapping[str, Any], where: str) -> TrainSpec:
+    fields = set(TrainSpec.__dataclass_fields__)
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown [train] keys {unknown}; allowed: {sorted(fields)}")
+    for key in ("epochs", "batch_size"):
+        if key not in raw:
+            raise ValueError(f"{where}: [train] needs {key!r}")
+    spec = TrainSpec(**raw)
+    for key in ("epochs", "batch_size", "accumulate"):
+        value = getattr(spec, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: train.{key} must be a positive integer, not {value!r}")
+    if not (isinstance(spec.lr, int | float) and math.isfinite(spec.lr) and spec.lr > 0):
+        raise ValueError(f"{where}: train.lr must be a positive number, not {spec.lr!r}")
+    if spec.optimizer not in _OPTIMIZERS:
+        raise ValueError(f"{where}: train.optimizer must be one of {_OPTIMIZERS}")
+    if spec.precision not in _PRECISIONS:
+        raise ValueError(f"{where}: train.precision must be one of {_PRECISIONS}")
+    if spec.selection not in _SELECTIONS:
+        raise ValueError(f"{where}: train.selection must be one of {_SELECTIONS}")
+    if spec.scheduler is not None:
+        kind = spec.scheduler.get("type") if isinstance(spec.scheduler, dict) else None
+        if kind not in _SCHEDULERS:
+            raise ValueError(
+                f"{where}: train.scheduler needs type = one of {_SCHEDULERS}, not {kind!r}"
+            )
+    return spec
+
+
+def _paper(raw: Any, tasks: Mapping[str, Mapping[str, bool]], where: str) -> PaperTable | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or "source" not in raw:
+        raise ValueError(f'{where}: [paper] needs source = "where the numbers come from"')
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for method, row in raw.get("results", {}).items():
+        results[method] = {}
+        for task, metrics in row.items():
+            if task not in tasks:
+                raise ValueError(
+                    f"{where}: paper.results.{method} names task {task!r}, which the spec's "
+                    f"[tasks] do not have ({sorted(tasks)})"
+                )
+            for metric, value in metrics.items():
+                if metric not in tasks[task]:
+                    raise ValueError(
+                        f"{where}: paper.results.{method}.{task}.{metric} is not a metric of "
+                        f"task {task!r} ({sorted(tasks[task])})"
+                    )
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise ValueError(
+                        f"{where}: paper.results.{method}.{task}.{metric} must be a number"
+                    )
+            results[method][task] = {m: float(v) for m, v in metrics.items()}
+    delta = raw.get("delta_p", {})
+    if not isinstance(delta, dict):
+        raise ValueError(f"{where}: [paper.delta_p] must map method -> Δp in percent")
+    return PaperTable(
+        source=str(raw["source"]),
+        results=results,
+        delta_p={k: float(v) for k, v in delta.items()},
+        note=str(raw.get("note", "")),
+    )
