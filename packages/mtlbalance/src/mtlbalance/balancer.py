@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from .transforms.identity import Identity
 
 Losses = Mapping[str, Tensor] | Tensor | Sequence[Tensor]
 Representation = Tensor | Sequence[Tensor] | None
+LossScale = float | Tensor | None
 
 _STATE_VERSION = 1
 
@@ -60,7 +63,9 @@ class Balancer:
         check_finite: before anything reaches ``.grad`` or the aggregator's state, check that
             losses and gradients are finite (and in the transform's domain) and raise a
             ``FloatingPointError`` naming the task otherwise. Costs one small device-to-host
-            copy per step, after the gradients are computed. False skips it.
+            copy per step, after the gradients are computed. False skips it. With a
+            ``loss_scale`` (see :meth:`backward`) non-finite gradients skip the step instead of
+            raising, and that check runs even when this is False.
         deterministic: the auto engine picks by a fixed rule instead of timing.
         allow_unused: treat a shared parameter that no task reaches as having zero gradient
             instead of raising.
@@ -148,14 +153,47 @@ class Balancer:
         yield from self.aggregator.parameters()
 
     # ------------------------------------------------------------------ backward
-    def backward(self, losses: Losses, *, representation: Representation = None) -> BalanceStats:
+    def backward(
+        self,
+        losses: Losses,
+        *,
+        representation: Representation = None,
+        loss_scale: LossScale = None,
+    ) -> BalanceStats:
         """Balance the task losses and accumulate the result into ``.grad`` (see class doc).
+
+        Mixed precision (fp16 autocast): pass the UNSCALED losses and the loss scale ``S``.
+        Every backward through the network is then seeded with ``S ∂ℓ̃/∂ℓ`` (so small fp16
+        gradients do not underflow), and every gradient it returns — the per-task rows, the
+        task-specific gradients, the combined gradient of a loss-level method, the gradients
+        at the representation — is divided by ``S`` (in the gradients' dtype, float32 for
+        float32 master parameters) before the transform's factors, the aggregator, norms, ε
+        or moving averages see it. ``.grad`` then holds UNSCALED gradients: do not call
+        ``GradScaler.unscale_`` or ``GradScaler.step`` (step the optimizer yourself; only the
+        scaler's ``update`` logic, or your own, is needed). If a gradient is not finite (the
+        scaled backward overflowed), that is not an error: nothing is written to ``.grad``,
+        the aggregator's state (EMA, step counts) and ``balancer.step`` are untouched, and the
+        returned stats have ``skipped=True``: lower the scale and skip ``optimizer.step()``.
+        This check costs one device-to-host copy and runs even with ``check_finite=False``.
+        Non-finite losses still raise ``FloatingPointError`` (with ``check_finite``). The
+        transform's own parameters (UW, IMTL-L) get gradients computed from the loss values,
+        not through the network: they are never scaled. Bookkeeping a transform or a
+        loss-weighting aggregator does in its forward from the (finite) losses — DWA's and
+        STCH's loss averages, RLW's random draws, FAMO's remembered losses — happens before
+        the gradients exist, so a skipped step keeps it, like the BatchNorm statistics of a
+        step that ``GradScaler`` skips.
 
         Args:
             losses: dict task -> scalar loss, or a 1-D tensor / sequence of scalar losses in
                 task order.
             representation: the shared representation(s) the task heads read; needed by the
                 representation engine and representation-level methods, ignored otherwise.
+            loss_scale: None (no scaling), a positive finite number, or a one-element
+                floating-point tensor (e.g. a dynamic scale kept on the device; no host read
+                beyond the step's one check).
+
+        Returns:
+            The step's :class:`~mtlbalance.BalanceStats` (``skipped`` as above).
         """
         raw = self._loss_list(losses)
         if self._acc is not None:
@@ -164,22 +202,24 @@ class Balancer:
                 f"backward_accumulated() (or give this one to accumulate() first)"
             )
         vec = torch.stack(raw)
+        scale = _loss_scale(loss_scale, vec)
+        scale_bad = None if scale is None else _scale_bad(scale)
         zs = _representation(representation)
         transformed, seed, transform_grads = self._apply_transform(vec)
         inputs = EngineInputs(
             losses=raw,
-            seed=seed,
+            seed=seed if scale is None else seed * scale,
             layout=self.layout,
             task_params=self._task_param_lists(),
             representation=zs,
         )
         kind = self.aggregator.requires
         if kind == "jacobian":
-            stats = self._backward_jacobian(vec, transformed, inputs)
+            stats = self._backward_jacobian(vec, transformed, inputs, scale, scale_bad)
         elif kind == "losses":
             assert isinstance(self.aggregator, LossWeighting)
             weights = self.aggregator(vec.detach(), transformed)
-            stats = self._backward_weighted(vec, transformed, inputs, weights)
+            stats = self._backward_weighted(vec, transformed, inputs, weights, scale, scale_bad)
         elif kind == "representation":
             if zs is None:
                 raise ValueError(
@@ -188,21 +228,40 @@ class Balancer:
                 )
             assert isinstance(self.aggregator, RepresentationWeighting)
             rep_jac = self._representation_jacobian(inputs, zs)
+            if scale is not None:  # unscaled in float32 at least (fp16 z: no new underflow)
+                rep_jac = rep_jac.to(torch.promote_types(rep_jac.dtype, scale.dtype))
+                rep_jac.div_(scale.to(rep_jac.device))
+                # the weights must not come from an overflowed matrix (the QP would fail)
+                norms = torch.linalg.vector_norm(rep_jac, dim=1)
+                no_grads: list[list[Tensor | None]] = [[] for _ in raw]
+                if self._check(vec, norms, no_grads, scale_bad=scale_bad):
+                    return self._skipped(vec, transformed, norms, None, None)
             weights = self.aggregator(rep_jac, losses=vec.detach())
-            stats = self._backward_weighted(vec, transformed, inputs, weights)
+            stats = self._backward_weighted(vec, transformed, inputs, weights, scale, scale_bad)
         else:  # pragma: no cover - guarded by the Aggregator types
             raise ValueError(f"unknown aggregator requirement {kind!r}")
+        if stats.skipped:
+            return stats
         return self._end_step(stats, transform_grads)
 
     def _backward_jacobian(
-        self, vec: Tensor, transformed: Tensor, inputs: EngineInputs
+        self,
+        vec: Tensor,
+        transformed: Tensor,
+        inputs: EngineInputs,
+        scale: Tensor | None,
+        scale_bad: Tensor | None,
     ) -> BalanceStats:
         jac = self._jacobian_buffer(vec.shape[0])
         result = self._run_engine(inputs, jac)
         engine_label = self._current_engine()  # "auto" for the auto engine's trial steps
         self._check_reached(result.reached)
+        task_grads = result.task_grads
+        if scale is not None:  # unscale before anything reads them
+            _div_(jac, scale)
+            task_grads = [_unscaled(gs, scale) for gs in task_grads]
         return self._finish_jacobian(
-            vec, transformed, jac, result.task_grads, inputs.task_params, engine_label
+            vec, transformed, jac, task_grads, inputs.task_params, engine_label, scale_bad
         )
 
     def _finish_jacobian(
@@ -213,13 +272,16 @@ class Balancer:
         task_grads: list[list[Tensor | None]],
         task_params: Sequence[Sequence[Tensor]],
         engine_label: str | None,
+        scale_bad: Tensor | None = None,
     ) -> BalanceStats:
-        """Check, aggregate and write, given the (T, P) rows ∇θ ℓ̃_t and the task gradients."""
+        """Check, aggregate and write, given the (T, P) rows ∇θ ℓ̃_t and the task gradients
+        (unscaled; ``scale_bad`` is given when a loss scale was: then a non-finite gradient
+        skips the step)."""
         assert isinstance(self.aggregator, GradientAggregator)
         norm_dtype = self.layout.state_dtype()
         grad_norms = torch.linalg.vector_norm(jac, dim=1, dtype=norm_dtype)
-        if self.check_finite:
-            self._check(vec, grad_norms, task_grads)
+        if self._check(vec, grad_norms, task_grads, scale_bad=scale_bad):
+            return self._skipped(vec, transformed, grad_norms, None, engine_label)
         update_index, update = self._update_buffer()
         agg: Aggregation = self.aggregator(jac, update, losses=vec.detach())
         update_norm = self._clip([update])
@@ -241,19 +303,28 @@ class Balancer:
         )
 
     def _backward_weighted(
-        self, vec: Tensor, transformed: Tensor, inputs: EngineInputs, weights: Tensor | None
+        self,
+        vec: Tensor,
+        transformed: Tensor,
+        inputs: EngineInputs,
+        weights: Tensor | None,
+        scale: Tensor | None = None,
+        scale_bad: Tensor | None = None,
     ) -> BalanceStats:
         """One backward of ``Σ_t w_t ℓ̃_t`` into shared and task parameters, taken as
-        ``Σ_s c_s ℓ_s`` with ``c = wᵀ ∂ℓ̃/∂ℓ`` (one pass through every task's graph)."""
+        ``Σ_s c_s ℓ_s`` with ``c = wᵀ ∂ℓ̃/∂ℓ`` (one pass through every task's graph; with a
+        loss scale S the seed, hence c, carries S, and the gradients are divided by S)."""
         if weights is not None:
             weights = weights.detach()
         total = (vec * _combine(inputs.seed, weights)).sum()
         shared = self.layout.params
         task_lists = inputs.task_params
         flat_task = [p for ps in task_lists for p in ps]
-        grads = torch.autograd.grad(
+        grads: Sequence[Tensor | None] = torch.autograd.grad(
             total, [*shared, *flat_task], retain_graph=self.retain_graph, allow_unused=True
         )
+        if scale is not None:
+            grads = _unscaled(grads, scale)
         shared_grads = list(grads[: len(shared)])
         self._check_reached([g is not None for g in shared_grads])
         task_grads: list[list[Tensor | None]] = []
@@ -263,8 +334,8 @@ class Balancer:
             i += len(ps)
         present = [g for g in shared_grads if g is not None]
         shared_norms = _norms(present) if present else None
-        if self.check_finite:
-            self._check(vec, None, task_grads, shared_norms)
+        if self._check(vec, None, task_grads, shared_norms, scale_bad=scale_bad):
+            return self._skipped(vec, transformed, None, weights, None)
         update_norm = self._clip(present, shared_norms)
         _accumulate(shared, shared_grads)
         for ps, gs in zip(task_lists, task_grads, strict=True):
@@ -280,13 +351,26 @@ class Balancer:
         )
 
     # ------------------------------------------------------------------ accumulation
-    def accumulate(self, losses: Losses, *, representation: Representation = None) -> None:
+    def accumulate(
+        self,
+        losses: Losses,
+        *,
+        representation: Representation = None,
+        loss_scale: LossScale = None,
+    ) -> None:
         """Gradient accumulation: store one micro-batch's raw per-task gradients and losses;
         nothing is written to ``.grad``. After the last micro-batch, :meth:`backward_accumulated`
         transforms and aggregates ONCE, on the means over the micro-batches: the result equals
         ``backward`` on the whole batch (for mean-reduced losses on equal micro-batches), since
         ``∇ log(mean_m ℓ_m) = mean_m ∇ℓ_m / mean_m ℓ_m`` — not the mean of per-micro-batch
         balanced updates. DB-MTL's step count k advances once per optimizer step.
+
+        ``loss_scale`` is as in :meth:`backward`: the micro-batch's backward is seeded with S
+        and its gradients are divided by S before they are stored, so the stored sums are
+        always unscaled (micro-batches may use different scales). Nothing is read on the host
+        here: a non-finite gradient (an overflow) stays in the sums — inf and NaN survive
+        addition — and :meth:`backward_accumulated` then skips the whole step (``skipped=True``,
+        nothing written) if any micro-batch was given a loss scale.
 
         Costs one backward per task per micro-batch (one in all for EW) and a second (T, P)
         buffer. Representation-level methods (MGDA-UB) cannot accumulate: their weights need
@@ -300,6 +384,7 @@ class Balancer:
             )
         raw = self._loss_list(losses)
         vec = torch.stack(raw).detach()
+        scale = _loss_scale(loss_scale, vec)
         task_params = self._task_param_lists()
         plain_sum = (
             type(self.transform) is Identity
@@ -311,6 +396,7 @@ class Balancer:
             grads = torch.autograd.grad(
                 torch.stack(raw).sum(),
                 [*self.layout.params, *flat_task],
+                grad_outputs=scale,
                 retain_graph=self.retain_graph,
                 allow_unused=True,
             )
@@ -328,7 +414,7 @@ class Balancer:
         else:  # raw rows ∇θ ℓ_t; the transform's seed is applied to the means at the end
             inputs = EngineInputs(
                 losses=raw,
-                seed=torch.ones_like(vec),
+                seed=torch.ones_like(vec) if scale is None else scale.expand_as(vec).clone(),
                 layout=self.layout,
                 task_params=task_params,
                 representation=_representation(representation),
@@ -336,33 +422,44 @@ class Balancer:
             rows = self._jacobian_buffer(len(raw))
             result = self._run_engine(inputs, rows)
             reached, task_grads = result.reached, result.task_grads
+        if scale is None:  # (the accumulation owns what it stores: copies)
+            owned = [[None if g is None else g.detach().clone() for g in gs] for gs in task_grads]
+            scale_bad = None
+        else:  # the division makes the copies
+            _div_(rows, scale)
+            owned = [_unscaled(gs, scale) for gs in task_grads]
+            scale_bad = _scale_bad(scale)
         acc = self._acc
         if acc is None:
             self._acc = _Accumulation(
                 count=1,
                 loss_sum=vec.clone(),
                 rows=rows.clone(),
-                task_grads=[
-                    [None if g is None else g.detach().clone() for g in gs] for gs in task_grads
-                ],
+                task_grads=owned,
                 reached=list(reached),
                 plain_sum=plain_sum,
                 engine=None if plain_sum else self._current_engine(),
+                scale_bad=scale_bad,
             )
             return
         acc.count += 1
         acc.loss_sum += vec
         acc.rows += rows
         acc.reached = [a or b for a, b in zip(acc.reached, reached, strict=True)]
-        for own, new in zip(acc.task_grads, task_grads, strict=True):
+        if scale_bad is not None:
+            acc.scale_bad = scale_bad if acc.scale_bad is None else acc.scale_bad | scale_bad
+        for own, new in zip(acc.task_grads, owned, strict=True):
             for i, g in enumerate(new):
                 if g is not None:
                     prev = own[i]
-                    own[i] = g.detach().clone() if prev is None else prev.add_(g)
+                    own[i] = g if prev is None else prev.add_(g)
 
     def backward_accumulated(self) -> BalanceStats:
         """Balance the micro-batches given to :meth:`accumulate` since the last step and
-        accumulate the result into ``.grad`` (see :meth:`backward`)."""
+        accumulate the result into ``.grad`` (see :meth:`backward`). The stored gradients are
+        already unscaled, so there is no ``loss_scale`` here; if any micro-batch had one and
+        some gradient is not finite, the whole step is skipped (``skipped=True``, nothing
+        written, the micro-batches dropped)."""
         acc = self._acc
         if acc is None:
             raise RuntimeError("no micro-batches to balance: call accumulate(losses) first")
@@ -381,7 +478,7 @@ class Balancer:
                 rows = seed.to(rows.dtype) @ rows
             task_grads = _scaled(acc.task_grads, diagonal / acc.count)
             stats = self._finish_jacobian(
-                vec, transformed, rows, task_grads, task_params, acc.engine
+                vec, transformed, rows, task_grads, task_params, acc.engine, acc.scale_bad
             )
         else:
             assert isinstance(self.aggregator, LossWeighting)
@@ -390,8 +487,10 @@ class Balancer:
             update = rows[0] if acc.plain_sum else torch.mv(rows.T, coef.to(rows.dtype))
             task_grads = _scaled(acc.task_grads, coef / acc.count)
             stats = self._finish_combined(
-                vec, transformed, update, task_grads, task_params, weights
+                vec, transformed, update, task_grads, task_params, weights, acc.scale_bad
             )
+        if stats.skipped:
+            return stats
         return self._end_step(stats, transform_grads)
 
     def _end_step(
@@ -401,6 +500,26 @@ class Balancer:
             _accumulate(self._transform_params(), transform_grads)
         self.step += 1
         return stats
+
+    def _skipped(
+        self,
+        vec: Tensor,
+        transformed: Tensor,
+        grad_norms: Tensor | None,
+        weights: Tensor | None,
+        engine_label: str | None,
+    ) -> BalanceStats:
+        """The stats of a step skipped for a non-finite scaled gradient (nothing written)."""
+        return BalanceStats(
+            task_names=self.task_names,
+            losses=vec.detach(),
+            transformed=transformed,
+            grad_norms=grad_norms,
+            weights=weights,
+            update_norm=None,
+            engine=engine_label,
+            skipped=True,
+        )
 
     def _task_param_lists(self) -> list[list[Tensor]]:
         """Each task's own parameters, in task order."""
@@ -417,11 +536,12 @@ class Balancer:
         task_grads: list[list[Tensor | None]],
         task_params: Sequence[Sequence[Tensor]],
         weights: Tensor | None,
+        scale_bad: Tensor | None = None,
     ) -> BalanceStats:
         """Write an already combined (P,) shared update and the task gradients."""
         norm = _norms([update])
-        if self.check_finite:
-            self._check(vec, None, task_grads, norm)
+        if self._check(vec, None, task_grads, norm, scale_bad=scale_bad):
+            return self._skipped(vec, transformed, None, weights, None)
         index, buf = self._update_buffer()
         buf.copy_(update)
         update_norm = self._clip([buf], norm)
@@ -635,8 +755,17 @@ class Balancer:
         grad_norms: Tensor | None,
         task_grads: Sequence[Sequence[Tensor | None]],
         shared_norms: Tensor | None = None,
-    ) -> None:
-        """One device-to-host copy of per-task flags; raises before anything is written."""
+        *,
+        scale_bad: Tensor | None = None,
+    ) -> bool:
+        """One device-to-host copy of per-task flags; raises before anything is written.
+
+        Without a loss scale (``scale_bad`` None) this runs only with ``check_finite`` and a
+        non-finite gradient raises. With one (``scale_bad``: the flag of an invalid tensor
+        scale) it always runs, and a non-finite gradient returns True (skip the step) instead;
+        non-finite losses and domain violations still raise when ``check_finite`` is set."""
+        if scale_bad is None and not self.check_finite:
+            return False
         num_tasks = vec.shape[0]
         det = vec.detach()
         flags = [~torch.isfinite(det)]
@@ -655,12 +784,30 @@ class Balancer:
         flags.append(torch.stack(own).to(det.device))
         shared_bad = torch.zeros((), dtype=torch.bool, device=det.device)
         if shared_norms is not None:
-            shared_bad = ~torch.isfinite(shared_norms).all()
-        host = torch.cat([torch.stack(flags).reshape(-1), shared_bad.reshape(1)]).cpu().tolist()
+            shared_bad = ~torch.isfinite(shared_norms).all().to(det.device)
+        scale_flag = torch.zeros((), dtype=torch.bool, device=det.device)
+        if scale_bad is not None:
+            scale_flag = scale_bad.to(det.device)
+        host = (
+            torch.cat(
+                [torch.stack(flags).reshape(-1), shared_bad.reshape(1), scale_flag.reshape(1)]
+            )
+            .cpu()
+            .tolist()
+        )
         bad_loss, bad_domain, bad_grad, bad_own = (
             host[i * num_tasks : (i + 1) * num_tasks] for i in range(4)
         )
+        if host[-1]:
+            raise ValueError(
+                "loss_scale must be a positive finite number; the loss_scale tensor given holds "
+                "a zero, negative or non-finite value (nothing was written to .grad or to the "
+                "balancer's state)"
+            )
         names = self.task_names
+        if not self.check_finite:
+            bad_loss = bad_domain = [False] * num_tasks
+        skip = scale_bad is not None
         values = det.cpu().tolist() if any(bad_loss) or any(bad_domain) else []
         for t in range(num_tasks):
             if bad_loss[t]:
@@ -673,6 +820,8 @@ class Balancer:
                 raise ValueError(
                     f"loss of task {names[t]!r} is {values[t]:g}: {self.transform.domain_message()}"
                 )
+        if skip and (any(bad_grad) or any(bad_own) or host[-2]):
+            return True  # an overflow of the scaled backward: the caller skips the step
         for t in range(num_tasks):
             if bad_grad[t] or bad_own[t]:
                 where = "shared" if bad_grad[t] else "task-specific"
@@ -681,11 +830,12 @@ class Balancer:
                     f"finite (loss {float(det[t]):g}); nothing was written to .grad or to the "
                     f"balancer's state"
                 )
-        if host[-1]:
+        if host[-2]:
             raise FloatingPointError(
                 "the combined gradient of the shared parameters is not finite; nothing was "
                 "written to .grad or to the balancer's state"
             )
+        return False
 
     # ------------------------------------------------------------------ hooks
     def epoch_end(self) -> None:
@@ -776,6 +926,7 @@ class _Accumulation:
     reached: list[bool]
     plain_sum: bool
     engine: str | None
+    scale_bad: Tensor | None = None  # set when a micro-batch had a loss scale (invalid flag)
 
 
 def _representation(rep: Representation) -> tuple[Tensor, ...] | None:
@@ -789,6 +940,77 @@ def _representation(rep: Representation) -> tuple[Tensor, ...] | None:
                 f"attached to the autograd graph (not detached, not a leaf)"
             )
     return zs
+
+
+def _loss_scale(loss_scale: LossScale, like: Tensor) -> Tensor | None:
+    """``loss_scale`` as a 0-dim tensor on the losses' device and dtype (None stays None).
+
+    A number is validated here; a tensor's value is validated with the step's one host
+    check (see :func:`_scale_bad`), so a scale kept on the device costs no extra sync."""
+    if loss_scale is None:
+        return None
+    if isinstance(loss_scale, Tensor):
+        if loss_scale.numel() != 1:
+            raise ValueError(
+                f"loss_scale must be a number or a one-element tensor, got a tensor of shape "
+                f"{tuple(loss_scale.shape)}"
+            )
+        if loss_scale.dtype == torch.bool or loss_scale.is_complex():
+            raise ValueError(
+                f"loss_scale must be a real number or a floating-point tensor, got a "
+                f"{loss_scale.dtype} tensor"
+            )
+        return loss_scale.detach().reshape(()).to(device=like.device, dtype=like.dtype)
+    if isinstance(loss_scale, bool) or not isinstance(loss_scale, numbers.Real):
+        raise ValueError(
+            f"loss_scale must be None, a positive number or a one-element tensor, got "
+            f"{type(loss_scale).__name__} {loss_scale!r}"
+        )
+    value = float(loss_scale)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"loss_scale must be a positive finite number (e.g. 2.0**16), got {loss_scale!r}"
+        )
+    finfo = torch.finfo(like.dtype)
+    if not finfo.tiny <= value <= finfo.max:
+        raise ValueError(
+            f"loss_scale {value:g} is not representable in the losses' dtype {like.dtype}; "
+            f"use a smaller scale"
+        )
+    return torch.full((), value, dtype=like.dtype, device=like.device)
+
+
+def _scale_bad(scale: Tensor) -> Tensor:
+    """Device flag: the loss scale is zero, negative or not finite."""
+    return ~(torch.isfinite(scale) & (scale > 0))
+
+
+def _div_(tensor: Tensor, scale: Tensor) -> None:
+    """``tensor /= scale`` in place, at least in float32 (a half tensor is divided in float32:
+    a scale such as 2**16 does not fit in float16)."""
+    if tensor.dtype == scale.dtype:
+        tensor.div_(scale)
+    else:
+        wide = torch.promote_types(torch.promote_types(tensor.dtype, scale.dtype), torch.float32)
+        tensor.copy_(tensor.to(wide).div_(scale.to(device=tensor.device, dtype=wide)))
+
+
+def _unscaled(grads: Sequence[Tensor | None], scale: Tensor) -> list[Tensor | None]:
+    """``g / scale`` for each gradient, out of place (autograd may return views or expanded
+    tensors), at least in float32; None stays None."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return list(grads)
+    if all(g.dtype == scale.dtype and g.device == scale.device for g in present):
+        divided = list(torch._foreach_div(present, scale))
+    else:
+        divided = []
+        for g in present:
+            out = g.detach().clone()
+            _div_(out, scale)
+            divided.append(out)
+    it = iter(divided)
+    return [None if g is None else next(it) for g in grads]
 
 
 def _combine(seed: Tensor, weights: Tensor | None) -> Tensor:

@@ -22,6 +22,10 @@ class BalanceStats:
         weights: effective per-task weights (T,) as the aggregator reports them, or None.
         update_norm: norm of the shared update written to ``.grad`` (scalar tensor).
         engine: the gradient engine that computed this step (None if none was needed).
+        skipped: True when a ``loss_scale`` was given and some gradient was not finite (the
+            fp16 backward overflowed): nothing was written to ``.grad`` or to the balancer's
+            state; ``update_norm`` is None and ``grad_norms`` show which rows overflowed. The
+            caller lowers its loss scale and skips ``optimizer.step()``.
     """
 
     task_names: tuple[str, ...]
@@ -31,10 +35,12 @@ class BalanceStats:
     weights: Tensor | None
     update_norm: Tensor | None
     engine: str | None
+    skipped: bool = False
 
     def to_dict(self) -> dict[str, float]:
         """``{"loss/<task>": ..., "grad_norm/<task>": ..., "weight/<task>": ...,
-        "update_norm": ...}`` as Python floats (one device-to-host copy)."""
+        "update_norm": ...}`` as Python floats (one device-to-host copy); a skipped step adds
+        ``"skipped": 1.0``."""
         parts: list[tuple[str, Tensor]] = [("loss", self.losses), ("transformed", self.transformed)]
         if self.grad_norms is not None:
             parts.append(("grad_norm", self.grad_norms))
@@ -51,4 +57,6 @@ class BalanceStats:
                 i += 1
         if extra:
             out["update_norm"] = host[i]
+        if self.skipped:
+            out["skipped"] = 1.0
         return out
