@@ -200,3 +200,18 @@ def test_bad_inputs() -> None:
         trainer.fit([(torch.randn(4, 8), {"a": torch.randn(4)})])
     with pytest.raises(TypeError, match="pairs"):
         trainer.fit([torch.randn(4, 8)])
+
+
+def test_fp16_dynamic_loss_scale_skips_overflow_and_recovers() -> None:
+    """fp16 autocast: the balancer scales every task's backward by S and unscales in fp32; an
+    overflowing S skips the step (no optimizer step, no balancer step) and halves S."""
+    trainer = P.build(epochs=3, precision="fp16", init_scale=2.0**30, growth_interval=4)
+    train, val, test = P.loaders(n=512)
+    result = trainer.fit(train, val, test)
+    skipped = sum(h.skipped_steps for h in result.history)
+    assert skipped > 0
+    assert result.steps + skipped == 3 * len(train)
+    assert trainer.balancer.step == result.steps  # DB-MTL's k counts real steps only
+    assert trainer.loss_scale < 2.0**30
+    assert result.history[-1].val_delta_p > 0  # it still learned
+    assert all(v == v for t in result.test.values() for v in t.values())

@@ -7,9 +7,11 @@ its selected epoch's metrics as ``final/{val,test}/<task>/<metric>``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,10 +161,26 @@ def stl_references(spec: Spec, stl_runs: Sequence[RunRecord]) -> tuple[Table | N
 def earlier_stl_runs(
     spec: Spec, tracking_uri: str | None, spool_root: str | Path
 ) -> list[RunRecord]:
-    """FINISHED STL runs of ``spec`` already in the store (or the spool without one)."""
+    """FINISHED STL runs of ``spec`` from earlier invocations: from the local spool, else from
+    the tracking store (runs synced there from elsewhere). A store that cannot be read is
+    reported and skipped: it only means no earlier reference."""
+    runs: list[RunRecord] = []
+    with contextlib.suppress(NoRunsError):
+        runs = collect_runs(spec, spool_root=spool_root)
+    stl = [r for r in runs if r.method == STL and r.status == "FINISHED"]
+    if stl or tracking_uri is None:
+        return stl
     try:
-        runs = collect_runs(spec, tracking_uri=tracking_uri, spool_root=spool_root)
-    except (NoRunsError, ImportError):
+        runs = collect_runs(spec, tracking_uri=tracking_uri)
+    except NoRunsError:
+        return []
+    except Exception as e:  # an unreachable or broken store must not stop training
+        warnings.warn(
+            f"could not look up earlier STL runs in {tracking_uri} ({type(e).__name__}: {e}); "
+            f"going on without them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return []
     return [r for r in runs if r.method == STL and r.status == "FINISHED"]
 

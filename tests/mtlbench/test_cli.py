@@ -1,0 +1,207 @@
+"""The mtlbench command line end to end on a tiny spec: run (STL + methods, tracked in a real
+MLflow SQLite store), report, an unreachable store and a later sync, bad specs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from mtlbench.cli import main
+from mtlbench.spec import find_spec, load_spec
+from mtltrain.deltap import delta_p
+from mtltrain.tracking import TrackingWarning
+
+TINY = """
+name = "tiny"
+description = "a tiny synthetic spec for the tests"
+problem = "mtlbench.problems.synthetic:build"
+methods = ["ew", "dbmtl"]
+
+[data]
+n_train = 512
+n_val = 256
+n_test = 256
+seed = 3
+
+[model]
+hidden = 16
+layers = 1
+
+[train]
+epochs = 2
+batch_size = 64
+lr = 3e-3
+
+[tasks.click]
+auc = "higher"
+
+[tasks.rating]
+mae = "lower"
+
+[tasks.price]
+mae = "lower"
+
+[paper]
+source = "made-up numbers for the test"
+[paper.delta_p]
+ew = -1.5
+"""
+
+
+@pytest.fixture
+def specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "tiny.toml").write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MTLBENCH_SPECS", str(folder))
+    return folder
+
+
+def test_help_of_every_command() -> None:
+    for args in ([], ["run"], ["report"], ["list"], ["ui"], ["sync"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "mtlbench.cli", *args, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "usage: mtlbench" in out
+    assert (
+        "--methods"
+        in subprocess.run(
+            [sys.executable, "-m", "mtlbench.cli", "run", "--help"], capture_output=True, text=True
+        ).stdout
+    )
+
+
+def test_list(specs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny: a tiny synthetic spec" in out and "click (auc)" in out
+
+
+def test_run_then_report_reads_back_from_mlflow(
+    specs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["run", "tiny", "--stl", "--seeds", "2", "--tracking-uri", uri, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| ew |" in out and "| dbmtl |" in out and "our STL runs (2 seeds)" in out
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("mtlbench/tiny")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2 * (3 + 2)  # 2 seeds x (3 STL tasks + ew + dbmtl)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    dbmtl = next(
+        r
+        for r in runs
+        if r.data.tags["mtlbench.method"] == "dbmtl" and r.data.tags["mtlbench.seed"] == "1"
+    )
+    assert dbmtl.data.params["method"] == "dbmtl"
+    assert dbmtl.data.params["spec.train.epochs"] == "2"
+    assert dbmtl.data.params["seed"] == "1" and dbmtl.data.params["reference"] == "stl"
+    assert dbmtl.data.tags["mtlbench.selection"] == "stl"
+    metrics = dbmtl.data.metrics
+    for key in (
+        "final/test/click/auc",
+        "final/test/rating/mae",
+        "final/test/price/mae",
+        "final/val/price/mae",
+        "final/epoch",
+        "final/test/delta_p",
+        "val/delta_p",
+    ):
+        assert key in metrics, key
+    history = client.get_metric_history(dbmtl.info.run_id, "train/loss/price")
+    assert len(history) == 2 * 8  # every optimizer step: 512 / 64 = 8 per epoch
+    weights = client.get_metric_history(dbmtl.info.run_id, "train/grad_norm/click")
+    assert len(weights) == 16
+    artifacts = {a.path for a in client.list_artifacts(dbmtl.info.run_id)}
+    assert {"config.json", "results.md", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(dbmtl.info.run_id, "plots")}
+    assert {"plots/train_loss.png", "plots/train_grad_norm.png"} <= plots
+    stl_click = [r for r in runs if r.data.tags.get("mtlbench.stl_task") == "click"]
+    assert len(stl_click) == 2 and all(
+        "final/test/rating/mae" not in r.data.metrics for r in stl_click
+    )
+
+    out_dir = tmp_path / "rep"
+    assert main(["report", "tiny", "--tracking-uri", uri, "--out", str(out_dir)]) == 0
+    data = json.loads((out_dir / "report.json").read_text())
+    assert (out_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "made-up numbers" in (out_dir / "report.md").read_text()
+    # Δp of dbmtl's seed-1 run, recomputed from the store against the mean STL test metrics
+    spec = find_spec("tiny")
+
+    def final(run: object, task: str, metric: str) -> float:
+        return float(run.data.metrics[f"final/test/{task}/{metric}"])  # type: ignore[attr-defined]
+
+    stl_ref = {
+        t: {
+            m: sum(final(r, t, m) for r in runs if r.data.tags.get("mtlbench.stl_task") == t) / 2
+            for m in ms
+        }
+        for t, ms in spec.tasks.items()
+    }
+    ours = {t: {m: final(dbmtl, t, m) for m in ms} for t, ms in spec.tasks.items()}
+    expected = delta_p(ours, stl_ref, spec.tasks)
+    assert metrics["final/test/delta_p"] == pytest.approx(expected, rel=1e-9)
+    assert data["ours"]["dbmtl"]["delta_p_per_seed"]["1"] == pytest.approx(expected, rel=1e-9)
+    for task, ms in stl_ref.items():
+        assert data["reference"]["values"][task] == pytest.approx(ms)
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_store_loses_nothing_and_sync_uploads_later(
+    specs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    down = f"http://127.0.0.1:{_closed_port()}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["run", "tiny", "--methods", "dbmtl", "--tracking-uri", down, "--quiet"])
+    assert code == 0
+    assert any(issubclass(w.category, TrackingWarning) for w in caught)
+    capsys.readouterr()
+    uri = f"sqlite:///{tmp_path / 'later.db'}"
+    assert main(["sync", "mtlruns-spool", "--tracking-uri", uri]) == 0
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("mtlbench/tiny").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert "final/test/click/auc" in runs[0].data.metrics
+    assert len(client.get_metric_history(runs[0].info.run_id, "train/loss/click")) == 16
+    # no STL runs and no published STL row: the report says there is no Δp reference
+    assert main(["report", "tiny", "--tracking-uri", uri]) == 0
+    assert "none" in capsys.readouterr().out.lower()
+
+
+def test_bad_specs_are_named(specs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = specs / "bad.toml"
+    bad.write_text(TINY.replace('auc = "higher"', 'auc = "up"'))
+    with pytest.raises(ValueError, match=r"bad\.toml.*tasks\.click\.auc"):
+        load_spec(bad)
+    bad.write_text(TINY.replace("[train]", "[train]\nepoch = 3"))
+    with pytest.raises(ValueError, match=r"unknown \[train\] keys \['epoch'\]"):
+        load_spec(bad)
+    bad.write_text(
+        TINY.replace('mae = "lower"\n\n[tasks.price]', 'rmse = "lower"\n\n[tasks.price]')
+    )
+    assert main(["run", str(bad), "--no-tracking", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "make [tasks]" in err and "rmse" in err
+    assert main(["run", "nope"]) == 2
+    assert "known specs" in capsys.readouterr().err
