@@ -215,3 +215,39 @@ def test_fp16_dynamic_loss_scale_skips_overflow_and_recovers() -> None:
     assert trainer.loss_scale < 2.0**30
     assert result.history[-1].val_delta_p > 0  # it still learned
     assert all(v == v for t in result.test.values() for v in t.values())
+
+
+def test_resumed_run_continues_the_same_tracked_run(tmp_path: Path) -> None:
+    from mtltrain.tracking import RunSpool, Tracker
+
+    spool = tmp_path / "spool"
+
+    class Stop(Exception):
+        pass
+
+    def stop(trainer: Trainer, step: int) -> None:
+        if step == 13:
+            raise Stop
+
+    tracker = Tracker("resume", spool_root=spool, log_every=4)
+    first = P.build(
+        checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=4, tracker=tracker, callbacks=[stop]
+    )
+    with pytest.raises(Stop):
+        first.fit(*P.loaders())
+    tracker.close("KILLED")
+    run_id = load_checkpoint_info(tmp_path / "ckpt")["tracker_run_id"]
+    assert run_id == tracker.run_id
+    with Tracker("resume", spool_root=spool, resume=run_id, log_every=4) as again:
+        second = P.build(checkpoint_dir=str(tmp_path / "ckpt"), tracker=again)
+        result = second.fit(*P.loaders(), resume=True)
+    run = RunSpool.open(spool / run_id)
+    assert run.status == "FINISHED"
+    steps = {r.step for r in run.read_metrics() if r.key == "train/loss/a"}
+    assert steps == set(range(24))  # 3 epochs x 8 steps, none lost across the restart
+    finals = {r.key: r.value for r in run.read_metrics() if r.key.startswith("final/")}
+    assert finals["final/epoch"] == result.best_epoch
+    assert finals["final/test/b/mae"] == result.test["b"]["mae"]
+    with pytest.raises(ValueError, match="belongs to experiment"):
+        Tracker("other", spool_root=spool, resume=run_id)
+    assert RunSpool.open(spool / run_id).status == "FINISHED"  # left as it was

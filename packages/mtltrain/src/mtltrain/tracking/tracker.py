@@ -263,12 +263,12 @@ class Tracker:
                     f"cannot resume run {resume!r}: {run_dir} is not a spooled run (wrong "
                     f"spool_root, or the spool was moved?)"
                 )
-            self._spool = RunSpool.reopen(run_dir)
-            if self._spool.meta["experiment"] != experiment:
+            owner = RunSpool.open(run_dir).meta["experiment"]
+            if owner != experiment:
                 raise ValueError(
-                    f"run {resume!r} belongs to experiment {self._spool.meta['experiment']!r}, "
-                    f"not {experiment!r}"
+                    f"run {resume!r} belongs to experiment {owner!r}, not {experiment!r}"
                 )
+            self._spool = RunSpool.reopen(run_dir)
         self._tracking_uri = uri
         self._log_every = log_every
         self._close_timeout = float(close_timeout)
