@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import numbers
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,7 +48,8 @@ class Balancer:
     * shared parameters: the aggregated update;
     * task t's own parameters: ``w_t ∇ψ_t ℓ̃_t`` (``w_t = 1`` unless the aggregator weights the
       losses themselves, as Nash-MTL or MGDA do);
-    * the transform's own learnable parameters: ``∇ Σ_t ℓ̃_t``.
+    * the transform's own learnable parameters: ``∇ Σ_t ℓ̃_t``;
+    * the tables (``tables=``, approximate): ``∇ Σ_t c_t ℓ̃_t``, ``c_t`` the aggregator's weights.
 
     Args:
         shared: the shared parameters (a module, an iterable of parameters, or of
@@ -71,6 +73,15 @@ class Balancer:
             instead of raising.
         chunk_size: rows per vmapped backward in the batched engines (None: all at once).
         retain_graph: keep the autograd graph after ``backward``.
+        tables: large shared parameters (embedding tables) balanced *approximately*: shared by
+            all tasks but kept out of the ``(T, P)`` matrix (no T dense copies, no per-task
+            aggregator state for them). After the aggregator has run on the exact ``shared``
+            part, they get ONE backward of ``Σ_t c_t ℓ̃_t``, with ``c_t`` the per-task weights
+            the aggregator reports for the shared part (DB-MTL: ``α / (‖ĝ_t‖ + ε)``; loss- and
+            representation-level methods: their loss weights, which makes this exact; a method
+            that reports none: ``c_t = 1``, with a warning). Same forms as ``shared``; a
+            parameter may not be in both. For the exact treatment, put the tables in
+            ``shared`` instead. See docs/mtlbalance.md, "Large shared tables (approximate)".
     """
 
     def __init__(
@@ -88,6 +99,7 @@ class Balancer:
         allow_unused: bool = False,
         chunk_size: int | None = None,
         retain_graph: bool = False,
+        tables: ParamSource | None = None,
     ):
         from .registry import resolve_aggregator, resolve_transform
 
@@ -95,9 +107,13 @@ class Balancer:
         self._task_named: dict[str, list[tuple[str, Tensor]]] = {
             str(k): named_params(v, f"task_params[{k!r}]") for k, v in (task_params or {}).items()
         }
-        check_disjoint(
-            list(zip(self.layout.names, self.layout.params, strict=True)), self._task_named
+        shared_named = list(zip(self.layout.names, self.layout.params, strict=True))
+        self._table_named: list[tuple[str, Tensor]] = (
+            [] if tables is None else named_params(tables, "tables")
         )
+        _check_table_overlap(shared_named, self._table_named)
+        check_disjoint(shared_named + self._table_named, self._task_named)
+        self._warned_factors = False
         self.transform = resolve_transform(transform)
         self.aggregator = resolve_aggregator(aggregator)
         if max_update_norm is not None and not max_update_norm > 0:
@@ -146,6 +162,11 @@ class Balancer:
         self.aggregator.setup(names)
 
     # ------------------------------------------------------------------ parameters
+    @property
+    def tables(self) -> list[Tensor]:
+        """The parameters balanced approximately (``tables=``), in order (empty without)."""
+        return [p for _, p in self._table_named]
+
     def parameters(self) -> Iterator[nn.Parameter]:
         """The balancer's own learnable parameters (UW, IMTL-L, GradNorm, …) for an optimizer."""
         self.task_names  # noqa: B018 - raises a clear error if the tasks are not known yet
@@ -260,8 +281,21 @@ class Balancer:
         if scale is not None:  # unscale before anything reads them
             _div_(jac, scale)
             task_grads = [_unscaled(gs, scale) for gs in task_grads]
+        table_fn = None
+        if self._table_named:
+
+            def table_fn(factors: Tensor) -> list[Tensor | None]:
+                return self._table_backward(inputs, factors, scale)
+
         return self._finish_jacobian(
-            vec, transformed, jac, task_grads, inputs.task_params, engine_label, scale_bad
+            vec,
+            transformed,
+            jac,
+            task_grads,
+            inputs.task_params,
+            engine_label,
+            scale_bad,
+            table_fn,
         )
 
     def _finish_jacobian(
@@ -273,19 +307,38 @@ class Balancer:
         task_params: Sequence[Sequence[Tensor]],
         engine_label: str | None,
         scale_bad: Tensor | None = None,
+        table_fn: Callable[[Tensor], list[Tensor | None]] | None = None,
     ) -> BalanceStats:
         """Check, aggregate and write, given the (T, P) rows ∇θ ℓ̃_t and the task gradients
         (unscaled; ``scale_bad`` is given when a loss scale was: then a non-finite gradient
-        skips the step)."""
+        skips the step). ``table_fn(c)`` (with ``tables=``) returns the tables' unscaled
+        gradients of ``Σ_t c_t ℓ̃_t`` for the factors the aggregator reports."""
         assert isinstance(self.aggregator, GradientAggregator)
         norm_dtype = self.layout.state_dtype()
         grad_norms = torch.linalg.vector_norm(jac, dim=1, dtype=norm_dtype)
         if self._check(vec, grad_norms, task_grads, scale_bad=scale_bad):
             return self._skipped(vec, transformed, grad_norms, None, engine_label)
         update_index, update = self._update_buffer()
+        # the tables' gradients exist only after the aggregator ran: with a loss scale an
+        # overflow there must still leave the aggregator's state untouched, so keep a copy
+        saved = (
+            copy.deepcopy(self.aggregator.state_dict())
+            if table_fn is not None and scale_bad is not None
+            else None
+        )
         agg: Aggregation = self.aggregator(jac, update, losses=vec.detach())
-        update_norm = self._clip([update])
+        table_factors = None
+        table_grads: list[Tensor | None] = []
+        if table_fn is not None:
+            table_factors = self._table_factors(agg.weights, vec)
+            table_grads = table_fn(table_factors)
+            if self._check_tables(table_grads, scale_bad):
+                if saved is not None:
+                    self.aggregator.load_state_dict(saved)
+                return self._skipped(vec, transformed, grad_norms, agg.weights, engine_label)
+        update_norm = self._clip([update, *(g for g in table_grads if g is not None)])
         self._assign_shared(update_index)
+        _accumulate(self.tables, table_grads)
         task_weights = agg.task_weights
         for t, params in enumerate(task_params):
             grads = task_grads[t]
@@ -300,6 +353,73 @@ class Balancer:
             weights=agg.weights,
             update_norm=update_norm,
             engine=engine_label,
+            table_factors=table_factors,
+        )
+
+    # ------------------------------------------------------------------ tables
+    def _table_factors(self, weights: Tensor | None, vec: Tensor) -> Tensor:
+        """The factors ``c_t`` of the tables' backward: the aggregator's reported per-task
+        weights, or ones (with a one-time warning) for a method that reports none."""
+        if weights is not None:
+            return weights.detach().to(device=vec.device, dtype=vec.dtype)
+        if not self._warned_factors:
+            self._warned_factors = True
+            name = self.aggregator.name or type(self.aggregator).__name__
+            warnings.warn(
+                f"mtlbalance: the {name!r} aggregator reports no per-task weights, so the "
+                f"tables get the gradient of Σ_t ℓ̃_t (c_t = 1, as EW) while the shared "
+                f"parameters get {name}'s update; put the tables in `shared` for the exact "
+                f"treatment",
+                stacklevel=4,
+            )
+        return torch.ones_like(vec.detach())
+
+    def _table_backward(
+        self, inputs: EngineInputs, factors: Tensor, scale: Tensor | None
+    ) -> list[Tensor | None]:
+        """One backward of ``Σ_t c_t ℓ̃_t`` (as ``Σ_s (cᵀ ∂ℓ̃/∂ℓ)_s ℓ_s``, seeded with the loss
+        scale when there is one) into the tables only; returns unscaled gradients."""
+        coef = _combine(inputs.seed, factors.to(inputs.seed.device))
+        losses = list(inputs.losses)
+        grads = torch.autograd.grad(
+            losses,
+            self.tables,
+            grad_outputs=[coef[s].reshape(loss.shape) for s, loss in enumerate(losses)],
+            retain_graph=self.retain_graph,
+            allow_unused=True,
+        )
+        self._check_tables_reached([g is not None for g in grads])
+        return list(grads) if scale is None else _unscaled_tables(grads, scale)
+
+    def _check_tables_reached(self, reached: Sequence[bool]) -> None:
+        if self.allow_unused:
+            return
+        missing = [n for (n, _), r in zip(self._table_named, reached, strict=True) if not r]
+        if missing:
+            raise ValueError(
+                f"table(s) {', '.join(missing)} are reached by no task's loss; remove them from "
+                f"`tables` (or freeze them), or pass allow_unused=True"
+            )
+
+    def _check_tables(self, grads: Sequence[Tensor | None], scale_bad: Tensor | None) -> bool:
+        """The tables' gradients are finite (one more device-to-host copy; only with
+        ``check_finite`` or a loss scale). True: skip the step (a loss scale was given)."""
+        if scale_bad is None and not self.check_finite:
+            return False
+        named = [
+            (n, g) for (n, _), g in zip(self._table_named, grads, strict=True) if g is not None
+        ]
+        if not named:
+            return False
+        bad = (~torch.isfinite(_norms([g for _, g in named]))).cpu().tolist()
+        if not any(bad):
+            return False
+        if scale_bad is not None:
+            return True
+        names = [n for (n, _), b in zip(named, bad, strict=True) if b]
+        raise FloatingPointError(
+            f"the gradient of table(s) {', '.join(names)} is not finite; nothing was written to "
+            f".grad (the aggregator has already taken this step's finite shared gradients)"
         )
 
     def _backward_weighted(
@@ -313,31 +433,42 @@ class Balancer:
     ) -> BalanceStats:
         """One backward of ``Σ_t w_t ℓ̃_t`` into shared and task parameters, taken as
         ``Σ_s c_s ℓ_s`` with ``c = wᵀ ∂ℓ̃/∂ℓ`` (one pass through every task's graph; with a
-        loss scale S the seed, hence c, carries S, and the gradients are divided by S)."""
+        loss scale S the seed, hence c, carries S, and the gradients are divided by S). The
+        tables (``tables=``) are in the same backward: for these methods they are exact."""
         if weights is not None:
             weights = weights.detach()
         total = (vec * _combine(inputs.seed, weights)).sum()
         shared = self.layout.params
+        tables = self.tables
         task_lists = inputs.task_params
         flat_task = [p for ps in task_lists for p in ps]
         grads: Sequence[Tensor | None] = torch.autograd.grad(
-            total, [*shared, *flat_task], retain_graph=self.retain_graph, allow_unused=True
+            total,
+            [*shared, *flat_task, *tables],
+            retain_graph=self.retain_graph,
+            allow_unused=True,
         )
+        num_dense = len(grads) - len(tables)
+        table_grads = list(grads[num_dense:])
+        grads = grads[:num_dense]
         if scale is not None:
             grads = _unscaled(grads, scale)
+            table_grads = _unscaled_tables(table_grads, scale)
         shared_grads = list(grads[: len(shared)])
         self._check_reached([g is not None for g in shared_grads])
+        self._check_tables_reached([g is not None for g in table_grads])
         task_grads: list[list[Tensor | None]] = []
         i = len(shared)
         for ps in task_lists:
             task_grads.append(list(grads[i : i + len(ps)]))
             i += len(ps)
-        present = [g for g in shared_grads if g is not None]
+        present = [g for g in [*shared_grads, *table_grads] if g is not None]
         shared_norms = _norms(present) if present else None
         if self._check(vec, None, task_grads, shared_norms, scale_bad=scale_bad):
             return self._skipped(vec, transformed, None, weights, None)
         update_norm = self._clip(present, shared_norms)
         _accumulate(shared, shared_grads)
+        _accumulate(tables, table_grads)
         for ps, gs in zip(task_lists, task_grads, strict=True):
             _accumulate(ps, gs)
         return BalanceStats(
@@ -348,7 +479,16 @@ class Balancer:
             weights=weights,
             update_norm=update_norm,
             engine=None,
+            table_factors=self._loss_table_factors(weights, vec),
         )
+
+    def _loss_table_factors(self, weights: Tensor | None, vec: Tensor) -> Tensor | None:
+        """Stats' ``table_factors`` of a method that weighs the losses: its weights (or 1)."""
+        if not self._table_named:
+            return None
+        if weights is None:
+            return torch.ones_like(vec.detach())
+        return weights.detach().to(device=vec.device, dtype=vec.dtype)
 
     # ------------------------------------------------------------------ accumulation
     def accumulate(
@@ -375,6 +515,12 @@ class Balancer:
         Costs one backward per task per micro-batch (one in all for EW) and a second (T, P)
         buffer. Representation-level methods (MGDA-UB) cannot accumulate: their weights need
         the whole batch's representation gradients.
+
+        With ``tables=``, the factors of the tables' backward are known only at the end, so each
+        micro-batch also takes one backward per task into the tables and keeps T per-task sums
+        of the tables' gradients until :meth:`backward_accumulated` (T copies of a dense
+        table's gradient; sparse gradients, ``nn.EmbeddingBag(sparse=True)``, stay sparse). EW
+        needs one sum only.
         """
         if self.aggregator.requires == "representation":
             raise ValueError(
@@ -391,15 +537,20 @@ class Balancer:
             and type(self.aggregator) is Sum
             and not any(True for _ in self.transform.parameters())
         )
+        tables = self.tables
+        table_rows: list[list[Tensor | None]] = []
+        owned_tables: list[list[Tensor | None]]
         if plain_sum:  # EW: the sum of the task gradients is all that is needed
             flat_task = [p for ps in task_params for p in ps]
             grads = torch.autograd.grad(
                 torch.stack(raw).sum(),
-                [*self.layout.params, *flat_task],
+                [*self.layout.params, *flat_task, *tables],
                 grad_outputs=scale,
                 retain_graph=self.retain_graph,
                 allow_unused=True,
             )
+            table_rows = [list(grads[len(grads) - len(tables) :])]
+            grads = grads[: len(grads) - len(tables)]
             shared = grads[: len(self.layout.params)]
             rows = torch.empty(
                 1, self.layout.total, device=self.layout.device, dtype=self.layout.dtype
@@ -422,13 +573,27 @@ class Balancer:
             rows = self._jacobian_buffer(len(raw))
             result = self._run_engine(inputs, rows)
             reached, task_grads = result.reached, result.task_grads
+            for t, loss in enumerate(raw) if tables else ():
+                keep = self.retain_graph or t < len(raw) - 1
+                table_rows.append(
+                    list(
+                        torch.autograd.grad(
+                            loss, tables, grad_outputs=scale, retain_graph=keep, allow_unused=True
+                        )
+                    )
+                )
         if scale is None:  # (the accumulation owns what it stores: copies)
             owned = [[None if g is None else g.detach().clone() for g in gs] for gs in task_grads]
+            owned_tables = [
+                [None if g is None else g.detach().clone() for g in gs] for gs in table_rows
+            ]
             scale_bad = None
         else:  # the division makes the copies
             _div_(rows, scale)
             owned = [_unscaled(gs, scale) for gs in task_grads]
+            owned_tables = [_unscaled_tables(gs, scale) for gs in table_rows]
             scale_bad = _scale_bad(scale)
+        table_reached = [any(gs[j] is not None for gs in table_rows) for j in range(len(tables))]
         acc = self._acc
         if acc is None:
             self._acc = _Accumulation(
@@ -440,6 +605,8 @@ class Balancer:
                 plain_sum=plain_sum,
                 engine=None if plain_sum else self._current_engine(),
                 scale_bad=scale_bad,
+                table_grads=owned_tables,
+                table_reached=table_reached,
             )
             return
         acc.count += 1
@@ -448,7 +615,10 @@ class Balancer:
         acc.reached = [a or b for a, b in zip(acc.reached, reached, strict=True)]
         if scale_bad is not None:
             acc.scale_bad = scale_bad if acc.scale_bad is None else acc.scale_bad | scale_bad
-        for own, new in zip(acc.task_grads, owned, strict=True):
+        acc.table_reached = [a or b for a, b in zip(acc.table_reached, table_reached, strict=True)]
+        for own, new in zip(
+            [*acc.task_grads, *acc.table_grads], [*owned, *owned_tables], strict=True
+        ):
             for i, g in enumerate(new):
                 if g is not None:
                     prev = own[i]
@@ -467,8 +637,10 @@ class Balancer:
         vec = acc.loss_sum / acc.count
         transformed, seed, transform_grads = self._apply_transform(vec)
         self._check_reached(acc.reached)
+        self._check_tables_reached(acc.table_reached)
         rows = acc.rows.div_(acc.count)
         task_params = self._task_param_lists()
+        count = acc.count
         if self.aggregator.requires == "jacobian":
             # row t = Σ_s D_ts mean ∇ℓ_s; task t's own parameters: D_tt mean ∇ψ_t ℓ_t
             diagonal = seed if seed.dim() == 1 else seed.diagonal()
@@ -476,18 +648,45 @@ class Balancer:
                 rows.mul_(seed[:, None].to(rows.dtype))
             else:
                 rows = seed.to(rows.dtype) @ rows
-            task_grads = _scaled(acc.task_grads, diagonal / acc.count)
+            task_grads = _scaled(acc.task_grads, diagonal / count)
+            table_fn = None
+            if self._table_named:  # ∇ Σ_t c_t ℓ̃_t = Σ_s (cᵀ D)_s mean ∇ℓ_s
+
+                def table_fn(factors: Tensor) -> list[Tensor | None]:
+                    coef = _combine(seed, factors.to(seed.device)) / count
+                    return _combine_sums(acc.table_grads, coef)
+
             stats = self._finish_jacobian(
-                vec, transformed, rows, task_grads, task_params, acc.engine, acc.scale_bad
+                vec,
+                transformed,
+                rows,
+                task_grads,
+                task_params,
+                acc.engine,
+                acc.scale_bad,
+                table_fn,
             )
         else:
             assert isinstance(self.aggregator, LossWeighting)
             weights = self.aggregator(vec, transformed)
             coef = _combine(seed, weights)  # as the weighted backward's Σ_s c_s ℓ_s
             update = rows[0] if acc.plain_sum else torch.mv(rows.T, coef.to(rows.dtype))
-            task_grads = _scaled(acc.task_grads, coef / acc.count)
+            task_grads = _scaled(acc.task_grads, coef / count)
+            row_factors = (  # plain EW keeps one row Σ_t ∇ℓ_t
+                torch.full((1,), 1.0 / count, dtype=coef.dtype, device=coef.device)
+                if acc.plain_sum
+                else coef / count
+            )
+            table_grads = _combine_sums(acc.table_grads, row_factors)
             stats = self._finish_combined(
-                vec, transformed, update, task_grads, task_params, weights, acc.scale_bad
+                vec,
+                transformed,
+                update,
+                task_grads,
+                task_params,
+                weights,
+                acc.scale_bad,
+                table_grads,
             )
         if stats.skipped:
             return stats
@@ -537,15 +736,19 @@ class Balancer:
         task_params: Sequence[Sequence[Tensor]],
         weights: Tensor | None,
         scale_bad: Tensor | None = None,
+        table_grads: Sequence[Tensor | None] = (),
     ) -> BalanceStats:
-        """Write an already combined (P,) shared update and the task gradients."""
-        norm = _norms([update])
+        """Write an already combined (P,) shared update, the tables' gradients and the task
+        gradients."""
+        present_tables = [g for g in table_grads if g is not None]
+        norm = _norms([update, *present_tables])
         if self._check(vec, None, task_grads, norm, scale_bad=scale_bad):
             return self._skipped(vec, transformed, None, weights, None)
         index, buf = self._update_buffer()
         buf.copy_(update)
-        update_norm = self._clip([buf], norm)
+        update_norm = self._clip([buf, *present_tables], norm)
         self._assign_shared(index)
+        _accumulate(self.tables, table_grads)
         for ps, gs in zip(task_params, task_grads, strict=True):
             _accumulate(ps, gs)
         return BalanceStats(
@@ -556,6 +759,7 @@ class Balancer:
             weights=weights,
             update_norm=update_norm,
             engine=None,
+            table_factors=self._loss_table_factors(weights, vec),
         )
 
     # ------------------------------------------------------------------ pieces
@@ -672,8 +876,10 @@ class Balancer:
                 "the representation engine needs the shared representation: call "
                 "balancer.backward(losses, representation=z)"
             )
+        # with tables, one more backward (into the tables) follows the engine's
+        retain = self.retain_graph or bool(self._table_named)
         try:
-            return self.engine.compute(inputs, out, self.retain_graph)
+            return self.engine.compute(inputs, out, retain)
         except BatchingUnsupported as err:
             warnings.warn(
                 f"mtlbalance: the {self.engine.name} engine cannot vmap {err.op}; falling back "
@@ -683,7 +889,7 @@ class Balancer:
             )
             self._fallback = self.engine.name
             self.engine = LoopEngine()
-            return self.engine.compute(inputs, out, self.retain_graph)
+            return self.engine.compute(inputs, out, retain)
 
     def _current_engine(self) -> str:
         if isinstance(self.engine, AutoEngine):
@@ -733,7 +939,14 @@ class Balancer:
         if self.max_update_norm is None:
             return norm
         scale = (self.max_update_norm / norm.clamp_min(1e-30)).clamp(max=1.0)
-        torch._foreach_mul_(tensors, scale.to(tensors[0].dtype))
+        groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+        for t in tensors:
+            if t.is_sparse:  # (the tables' sparse gradients)
+                t.mul_(scale.to(device=t.device, dtype=t.dtype))
+            else:
+                groups.setdefault((t.dtype, t.device), []).append(t)
+        for (dtype, device), group in groups.items():
+            torch._foreach_mul_(group, scale.to(device=device, dtype=dtype))
         return norm * scale
 
     def _check_reached(self, reached: Sequence[bool]) -> None:
@@ -867,7 +1080,7 @@ class Balancer:
         engine_state: dict[str, Any] = {"name": self.engine.name, "state": self.engine.state()}
         if self._fallback is not None:
             engine_state["fallback_from"] = self._fallback
-        return {
+        state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "task_names": None if self._task_names is None else list(self._task_names),
             "step": self.step,
@@ -875,6 +1088,9 @@ class Balancer:
             "aggregator": self.aggregator.state_dict(),
             "engine": engine_state,
         }
+        if self._table_named:  # (the tables keep no state; their shapes check a resume)
+            state["tables"] = {n: list(p.shape) for n, p in self._table_named}
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
@@ -889,6 +1105,15 @@ class Balancer:
                     f"the saved state is for tasks {list(names)}, this balancer has "
                     f"{list(self._task_names)}"
                 )
+        saved_tables = state.get("tables", {})
+        own_tables = {n: list(p.shape) for n, p in self._table_named}
+        if saved_tables != own_tables:
+            raise ValueError(
+                f"the saved state was made with tables {saved_tables or 'none'} (name: shape), "
+                f"this balancer has {own_tables or 'none'}; the aggregator's state covers the "
+                f"`shared` parameters only, so a run resumes with the same split between "
+                f"`shared` and `tables` (build the balancer with the same tables=)"
+            )
         self.transform.load_state_dict(state["transform"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.step = int(state["step"])
@@ -911,7 +1136,14 @@ class Balancer:
         return (
             f"Balancer(tasks={tasks}, transform={self.transform}, aggregator={self.aggregator}, "
             f"engine={self._current_engine()!r}, shared={len(self.layout.params)} tensors / "
-            f"{self.layout.total} values)"
+            f"{self.layout.total} values"
+            + (
+                f", tables={len(self._table_named)} tensors / "
+                f"{sum(p.numel() for p in self.tables)} values (approximate)"
+                if self._table_named
+                else ""
+            )
+            + ")"
         )
 
 
@@ -927,6 +1159,56 @@ class _Accumulation:
     plain_sum: bool
     engine: str | None
     scale_bad: Tensor | None = None  # set when a micro-batch had a loss scale (invalid flag)
+    # the tables' gradient sums: per task ∇ℓ_t (or one row Σ_t ∇ℓ_t for plain EW)
+    table_grads: list[list[Tensor | None]] = field(default_factory=list)
+    table_reached: list[bool] = field(default_factory=list)
+
+
+def _check_table_overlap(
+    shared: list[tuple[str, Tensor]], tables: list[tuple[str, Tensor]]
+) -> None:
+    """A parameter is balanced exactly (``shared``) or approximately (``tables``), not both."""
+    in_shared = {id(p): n for n, p in shared}
+    seen: dict[int, str] = {}
+    for name, p in tables:
+        if id(p) in in_shared:
+            raise ValueError(
+                f"{name} is also given as {in_shared[id(p)]}; a parameter is balanced either "
+                f"exactly (in `shared`, as a row of the (T, P) matrix) or approximately (in "
+                f"`tables`), not both: remove it from one of them"
+            )
+        if id(p) in seen:
+            raise ValueError(f"{name} is listed twice among the tables ({seen[id(p)]})")
+        seen[id(p)] = name
+
+
+def _unscaled_tables(grads: Sequence[Tensor | None], scale: Tensor) -> list[Tensor | None]:
+    """The tables' ``g / scale`` out of place, computed in float32 at least and stored in the
+    gradient's dtype (sparse gradients stay sparse); None stays None."""
+    out: list[Tensor | None] = []
+    for g in grads:
+        if g is None:
+            out.append(None)
+            continue
+        wide = torch.promote_types(torch.promote_types(g.dtype, scale.dtype), torch.float32)
+        out.append((g.to(wide) / scale.to(device=g.device, dtype=wide)).to(g.dtype))
+    return out
+
+
+def _combine_sums(rows: list[list[Tensor | None]], factors: Tensor) -> list[Tensor | None]:
+    """``Σ_r factors[r] · rows[r][j]`` for each table j, in place (the accumulation owns the
+    sums); a table no row reached stays None."""
+    out: list[Tensor | None] = []
+    for j in range(len(rows[0]) if rows else 0):
+        total: Tensor | None = None
+        for r, row in enumerate(rows):
+            g = row[j]
+            if g is None:
+                continue
+            g.mul_(factors[r].to(device=g.device, dtype=g.dtype))
+            total = g if total is None else total.add_(g)
+        out.append(total)
+    return out
 
 
 def _representation(rep: Representation) -> tuple[Tensor, ...] | None:
@@ -1035,7 +1317,11 @@ def _zero_if_none(g: Tensor | None, like: Tensor) -> Tensor:
 
 def _norms(tensors: Sequence[Tensor]) -> Tensor:
     """Norms of each tensor (float32 at least: half-precision squares overflow), with one
-    multi-tensor kernel where possible instead of one launch per tensor."""
+    multi-tensor kernel where possible instead of one launch per tensor. A sparse gradient
+    (of a table) counts its coalesced values."""
+    if any(t.is_sparse for t in tensors):
+        device = tensors[0].device
+        return torch.stack([_norm_of(t).to(device) for t in tensors])
     if all(t.dtype in (torch.float32, torch.float64) for t in tensors):
         by_dtype = {t.dtype for t in tensors}
         if len(by_dtype) == 1:
@@ -1046,6 +1332,14 @@ def _norms(tensors: Sequence[Tensor]) -> Tensor:
             for t in tensors
         ]
     )
+
+
+def _norm_of(t: Tensor) -> Tensor:
+    """One tensor's norm in float64 (a sparse tensor: of its coalesced values)."""
+    values = t.coalesce().values() if t.is_sparse else t
+    return torch.linalg.vector_norm(
+        values, dtype=torch.promote_types(values.dtype, torch.float32)
+    ).double()
 
 
 def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:

@@ -26,6 +26,9 @@ class BalanceStats:
             fp16 backward overflowed): nothing was written to ``.grad`` or to the balancer's
             state; ``update_norm`` is None and ``grad_norms`` show which rows overflowed. The
             caller lowers its loss scale and skips ``optimizer.step()``.
+        table_factors: with ``Balancer(tables=...)``, the factors ``c_t`` (T,) of the one
+            backward of ``Σ_t c_t ℓ̃_t`` that gave the tables their gradient (None without
+            tables, and for a skipped step whose factors were never formed).
     """
 
     task_names: tuple[str, ...]
@@ -36,16 +39,19 @@ class BalanceStats:
     update_norm: Tensor | None
     engine: str | None
     skipped: bool = False
+    table_factors: Tensor | None = None
 
     def to_dict(self) -> dict[str, float]:
         """``{"loss/<task>": ..., "grad_norm/<task>": ..., "weight/<task>": ...,
-        "update_norm": ...}`` as Python floats (one device-to-host copy); a skipped step adds
-        ``"skipped": 1.0``."""
+        "table_factor/<task>": ..., "update_norm": ...}`` as Python floats (one device-to-host
+        copy); a skipped step adds ``"skipped": 1.0``."""
         parts: list[tuple[str, Tensor]] = [("loss", self.losses), ("transformed", self.transformed)]
         if self.grad_norms is not None:
             parts.append(("grad_norm", self.grad_norms))
         if self.weights is not None:
             parts.append(("weight", self.weights))
+        if self.table_factors is not None:
+            parts.append(("table_factor", self.table_factors))
         rows = [t.detach().reshape(-1).to(torch.float64) for _, t in parts]
         extra = [] if self.update_norm is None else [self.update_norm.detach().reshape(1).double()]
         host = torch.cat([r.to(rows[0].device) for r in rows + extra]).cpu().tolist()
