@@ -44,11 +44,17 @@ STAMP = VENV / ".mtl-install-stamp"
 PACKAGES: list[str] = [
     "packages/mtlbalance[bench,solvers,test]",
     "packages/mtltrain[mlflow,test]",
+    "packages/mtlrec[test]",
     "apps/mtlbench[mlflow,test]",
 ]
 
 # Everything else the sessions need (versions come from constraints.txt).
 EXTRA_REQUIREMENTS: list[str] = [
+    # torchrec's own dependencies, minus the CUDA fbgemm-gpu it declares (see below)
+    "fbgemm-gpu-cpu",
+    "tensordict",
+    "torchmetrics",
+    "pyre-extensions",
     "pytest",
     "hypothesis",
     "ruff",
@@ -58,7 +64,7 @@ EXTRA_REQUIREMENTS: list[str] = [
 # Installed in a second pip call with `--no-deps`, after the above. torchrec goes here (and
 # "fbgemm-gpu-cpu" into EXTRA_REQUIREMENTS): torchrec declares the CUDA `fbgemm-gpu` build,
 # the wrong one for these machines. See constraints.txt.
-NO_DEPS_REQUIREMENTS: list[str] = []
+NO_DEPS_REQUIREMENTS: list[str] = ["torchrec"]
 
 
 def _install_inputs_hash() -> str:

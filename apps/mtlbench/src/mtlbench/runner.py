@@ -225,9 +225,18 @@ def run_one(
     options = spec.options_for(method)
     if method == STL:
         options["task"] = stl_task
-    balancer = mtlbalance.make(
-        method, model.shared_parameters(), model.task_parameters(), **options
-    )
+    shared: Any = model.shared_parameters()
+    if problem.balance_tables == "approx":
+        tables = getattr(model, "embedding_parameters", None)
+        dense = getattr(model, "dense_shared_parameters", None)
+        if tables is None or dense is None:
+            raise TypeError(
+                f"{spec.problem} asks for approximate table balancing, but "
+                f"{type(model).__name__} has no embedding_parameters()/dense_shared_parameters()"
+            )
+        shared = dense()
+        options["tables"] = tables()
+    balancer = mtlbalance.make(method, shared, model.task_parameters(), **options)
     optimizer = _optimizer(spec, [*model.parameters(), *balancer.parameters()])
     scheduler = _scheduler(spec, optimizer)
     tags = {"mtlbench.spec": spec.name, "mtlbench.method": method, "mtlbench.seed": str(seed)}
@@ -236,7 +245,8 @@ def run_one(
     config = {
         "spec": spec.as_dict(),
         "method": method,
-        "method_options": options,
+        "method_options": {k: v for k, v in options.items() if k != "tables"},
+        "balance_tables": problem.balance_tables,
         "seed": seed,
         "stl_task": stl_task,
         "device": str(device),

@@ -47,6 +47,11 @@ class Problem:
             :class:`~mtltrain.data.TensorLoader` do) so an interrupted epoch replays.
         unpack: ``batch -> (inputs, {task: target})`` when batches are not such pairs.
         info: anything worth logging about the data (sizes, split seed, source files).
+        balance_tables: ``"exact"`` — every shared parameter goes into the per-task gradient
+            matrix; ``"approx"`` — a model with ``embedding_parameters()`` and
+            ``dense_shared_parameters()`` has its tables balanced approximately
+            (``Balancer(tables=...)``: one backward of Σ_t c_t ℓ̃_t with the dense part's
+            per-task factors c_t).
     """
 
     tasks: list[Task]
@@ -57,3 +62,4 @@ class Problem:
     loader: Loader
     unpack: Unpack | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    balance_tables: str = "exact"

@@ -1,0 +1,84 @@
+"""Data for multi-objective recommendation, on polars.
+
+- Feature specs (:class:`FeatureSpec`, fitted on train into :class:`FittedFeatures`, saved
+  as JSON) turn frames into tensors (:class:`RecBatch`: :class:`RecInputs` + labels).
+- Readers for real formats return lazy frames and their spec: :func:`census_income`,
+  :func:`read_aliexpress`, :func:`read_ali_ccp_csv`, :func:`read_ali_ccp_esmm`,
+  :func:`read_criteo`, :func:`read_table`.
+- Generators: :func:`mmoe_synthetic`, :func:`synthetic_log`.
+- Loaders: :class:`RecLoader` (in memory), :func:`iter_batches` / :class:`LazyLoader`
+  (streamed from a file).
+"""
+
+from __future__ import annotations
+
+from .batch import Jagged, RecBatch, RecInputs
+from .loader import LazyLoader, RecLoader, iter_batches, make_loader
+from .readers import (
+    ALI_CCP_ESMM_FIELDS,
+    CENSUS_COLUMNS,
+    CENSUS_DENSE,
+    Source,
+    Splits,
+    census_income,
+    data_dir,
+    read_ali_ccp_csv,
+    read_ali_ccp_esmm,
+    read_aliexpress,
+    read_criteo,
+    read_table,
+    split_frame,
+)
+from .spec import (
+    NULL_TOKEN,
+    DataError,
+    DenseFeature,
+    FeatureSpec,
+    FittedFeatures,
+    Label,
+    MultiHotFeature,
+    SparseFeature,
+)
+from .synthetic import (
+    mmoe_synthetic,
+    mmoe_synthetic_spec,
+    synthetic_log,
+    synthetic_log_spec,
+    write_frame,
+)
+
+__all__ = [
+    "ALI_CCP_ESMM_FIELDS",
+    "CENSUS_COLUMNS",
+    "CENSUS_DENSE",
+    "NULL_TOKEN",
+    "DataError",
+    "DenseFeature",
+    "FeatureSpec",
+    "FittedFeatures",
+    "Jagged",
+    "Label",
+    "LazyLoader",
+    "MultiHotFeature",
+    "RecBatch",
+    "RecInputs",
+    "RecLoader",
+    "Source",
+    "SparseFeature",
+    "Splits",
+    "census_income",
+    "data_dir",
+    "iter_batches",
+    "make_loader",
+    "mmoe_synthetic",
+    "mmoe_synthetic_spec",
+    "read_ali_ccp_csv",
+    "read_ali_ccp_esmm",
+    "read_aliexpress",
+    "read_criteo",
+    "read_table",
+    "split_frame",
+    "synthetic_log",
+    "synthetic_log_spec",
+    "write_frame",
+]

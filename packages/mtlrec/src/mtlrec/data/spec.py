@@ -1,0 +1,582 @@
+"""Declarative feature specs: fit on the training split, apply the same at serving time.
+
+A :class:`FeatureSpec` names the columns and what to do with them; :meth:`FeatureSpec.fit`
+learns vocabularies and normalisation statistics from a (lazy) frame of the *training* split
+and returns :class:`FittedFeatures`, whose :meth:`~FittedFeatures.transform` turns any frame
+with the same columns into tensors (:class:`~mtlrec.data.batch.RecBatch`), and which saves to
+and loads from JSON.
+
+Id layout of a categorical feature with vocabulary ``V`` (values seen at least ``min_count``
+times in train, most frequent first, ties by value): id 0 is reserved for values out of the
+vocabulary (unseen or rare); vocabulary values get ids ``1..|V|``; with ``oov="hash"`` unseen
+and rare values go to ``|V| + 1 + crc32(value) % hash_buckets`` instead of 0 (0 stays
+reserved). Missing values (null) are the category ``"<null>"``, counted like any other value.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+
+from .batch import Jagged, RecBatch, RecInputs
+
+__all__ = [
+    "NULL_TOKEN",
+    "DataError",
+    "DenseFeature",
+    "FeatureSpec",
+    "FittedFeatures",
+    "Label",
+    "MultiHotFeature",
+    "SparseFeature",
+]
+
+NULL_TOKEN = "<null>"
+"""The category a missing (null) categorical value becomes."""
+
+_FORMAT_VERSION = 1
+
+
+class DataError(ValueError):
+    """Bad input data: names the file (when known), the column and the first bad row."""
+
+
+def _where(source: str | None) -> str:
+    return f"{source}: " if source else ""
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """A single-valued categorical feature (one id per row).
+
+    Args:
+        name: the column.
+        min_count: values seen fewer times in train are out of vocabulary.
+        max_vocab: keep at most this many (most frequent) values; ``None``: all.
+        oov: ``"zero"`` maps out-of-vocabulary values to id 0; ``"hash"`` to one of
+            ``hash_buckets`` ids after the vocabulary (crc32 of the value, stable across
+            processes and versions).
+        hash_buckets: number of hash buckets for ``oov="hash"``.
+        embedding_dim: a hint for the model (``None``: the model's default).
+    """
+
+    name: str
+    min_count: int = 1
+    max_vocab: int | None = None
+    oov: Literal["zero", "hash"] = "zero"
+    hash_buckets: int = 0
+    embedding_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_categorical(self.name, self.min_count, self.max_vocab, self.oov, self.hash_buckets)
+
+
+@dataclass(frozen=True)
+class MultiHotFeature:
+    """A multi-valued categorical feature: a bag of ids per row.
+
+    The column is either a string of values joined by ``separator`` (empty or null: an empty
+    bag) or a polars ``List`` column. Vocabulary and out-of-vocabulary handling as
+    :class:`SparseFeature`; an out-of-vocabulary element keeps its place in the bag (id 0 or
+    its hash bucket).
+    """
+
+    name: str
+    separator: str = "|"
+    min_count: int = 1
+    max_vocab: int | None = None
+    oov: Literal["zero", "hash"] = "zero"
+    hash_buckets: int = 0
+    embedding_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_categorical(self.name, self.min_count, self.max_vocab, self.oov, self.hash_buckets)
+        if not self.separator:
+            raise ValueError(f"multi-hot feature {self.name!r}: separator must not be empty")
+
+
+@dataclass(frozen=True)
+class DenseFeature:
+    """A numeric feature, one column of the dense matrix.
+
+    Args:
+        name: the column.
+        norm: ``"standard"`` ((x - mean) / std fitted on train; std 0 -> 1), ``"minmax"``
+            ((x - min) / (max - min) fitted on train; a constant column -> 0) or ``"none"``.
+        nulls: what a missing value becomes: ``"error"`` (refuse, naming the first such row),
+            ``"mean"`` (the train mean, after ``log``), ``"zero"`` (0 before normalisation).
+        log: apply ``sign(x) * log1p(|x|)`` first (heavy-tailed counts such as Criteo's I1–I13).
+    """
+
+    name: str
+    norm: Literal["standard", "minmax", "none"] = "standard"
+    nulls: Literal["error", "mean", "zero"] = "error"
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("standard", "minmax", "none"):
+            raise ValueError(
+                f"dense feature {self.name!r}: norm must be 'standard', 'minmax' or 'none', "
+                f"not {self.norm!r}"
+            )
+        if self.nulls not in ("error", "mean", "zero"):
+            raise ValueError(
+                f"dense feature {self.name!r}: nulls must be 'error', 'mean' or 'zero', "
+                f"not {self.nulls!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Label:
+    """The target of one task.
+
+    Args:
+        task: the task name (the key in the targets dict).
+        kind: ``"binary"`` (values must be 0 or 1) or ``"regression"`` (any finite number).
+        column: the column holding it (default: ``task``).
+    """
+
+    task: str
+    kind: Literal["binary", "regression"] = "binary"
+    column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("binary", "regression"):
+            raise ValueError(
+                f"label {self.task!r}: kind must be 'binary' or 'regression', not {self.kind!r}"
+            )
+
+    @property
+    def col(self) -> str:
+        """The column read for this task."""
+        return self.column if self.column is not None else self.task
+
+
+def _check_categorical(
+    name: str, min_count: int, max_vocab: int | None, oov: str, hash_buckets: int
+) -> None:
+    if min_count < 1:
+        raise ValueError(f"feature {name!r}: min_count must be >= 1, not {min_count}")
+    if max_vocab is not None and max_vocab < 0:
+        raise ValueError(f"feature {name!r}: max_vocab must be >= 0 or None, not {max_vocab}")
+    if oov not in ("zero", "hash"):
+        raise ValueError(f"feature {name!r}: oov must be 'zero' or 'hash', not {oov!r}")
+    if oov == "hash" and hash_buckets < 1:
+        raise ValueError(f"feature {name!r}: oov='hash' needs hash_buckets >= 1")
+    if oov == "zero" and hash_buckets != 0:
+        raise ValueError(f"feature {name!r}: hash_buckets is only used with oov='hash'")
+
+
+Categorical = SparseFeature | MultiHotFeature
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which columns are sparse, multi-hot and dense features and which are task labels.
+
+    A column may appear only once across all features and labels.
+    """
+
+    sparse: tuple[SparseFeature, ...] = ()
+    dense: tuple[DenseFeature, ...] = ()
+    multi_hot: tuple[MultiHotFeature, ...] = ()
+    labels: tuple[Label, ...] = ()
+
+    def __init__(
+        self,
+        sparse: Iterable[SparseFeature] = (),
+        dense: Iterable[DenseFeature] = (),
+        multi_hot: Iterable[MultiHotFeature] = (),
+        labels: Iterable[Label] = (),
+    ) -> None:
+        object.__setattr__(self, "sparse", tuple(sparse))
+        object.__setattr__(self, "dense", tuple(dense))
+        object.__setattr__(self, "multi_hot", tuple(multi_hot))
+        object.__setattr__(self, "labels", tuple(labels))
+        seen: dict[str, str] = {}
+        for kind, cols in (
+            ("sparse", [f.name for f in self.sparse]),
+            ("dense", [f.name for f in self.dense]),
+            ("multi_hot", [f.name for f in self.multi_hot]),
+            ("label", [lab.col for lab in self.labels]),
+        ):
+            for c in cols:
+                if c in seen:
+                    raise ValueError(
+                        f"feature spec names column {c!r} twice ({seen[c]} and {kind}); "
+                        "each column may be used once — drop one or copy the column under "
+                        "another name"
+                    )
+                seen[c] = kind
+        tasks = [lab.task for lab in self.labels]
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"feature spec names a task twice: {tasks}")
+        if not (self.sparse or self.dense or self.multi_hot):
+            raise ValueError("feature spec has no features")
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column the spec reads (features, then labels)."""
+        return [
+            *(f.name for f in self.sparse),
+            *(f.name for f in self.multi_hot),
+            *(f.name for f in self.dense),
+            *(lab.col for lab in self.labels),
+        ]
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names in order."""
+        return [lab.task for lab in self.labels]
+
+    def fit(
+        self, data: pl.DataFrame | pl.LazyFrame, *, source: str | None = None
+    ) -> FittedFeatures:
+        """Learn vocabularies and normalisation from ``data`` (the training split only).
+
+        Works on a LazyFrame without collecting it: only value counts and column statistics
+        are materialised. ``source`` (a file name) goes into error messages.
+        """
+        lf = data.lazy()
+        check_columns(lf, self.columns, source)
+        n = lf.select(pl.len()).collect().item()
+        if n == 0:
+            raise DataError(f"{_where(source)}no rows to fit the feature spec on (empty data)")
+        vocabs: dict[str, list[str]] = {}
+        for f in self.sparse:
+            vocabs[f.name] = _fit_vocab(lf.select(_as_str(f.name)), f)
+        for m in self.multi_hot:
+            vocabs[m.name] = _fit_vocab(lf.select(_bag(lf, m).explode().alias(m.name)), m)
+        stats: dict[str, dict[str, float]] = {}
+        if self.dense:
+            exprs = []
+            for d in self.dense:
+                x = _dense_expr(d, source)
+                exprs += [
+                    x.mean().alias(f"{d.name}\0mean"),
+                    x.std(ddof=0).alias(f"{d.name}\0std"),
+                    x.min().alias(f"{d.name}\0min"),
+                    x.max().alias(f"{d.name}\0max"),
+                ]
+            # Check first so a bad value is reported with its row, not as a cast failure.
+            _check_dense(lf, self.dense, source, 0)
+            row = lf.select(exprs).collect().row(0, named=True)
+            for d in self.dense:
+                s = {k: row[f"{d.name}\0{k}"] for k in ("mean", "std", "min", "max")}
+                if s["mean"] is None:
+                    raise DataError(
+                        f"{_where(source)}dense column {d.name!r} has no values in the "
+                        "training data; drop it from the spec"
+                    )
+                stats[d.name] = {k: float(v) for k, v in s.items()}
+        return FittedFeatures(self, vocabs, stats)
+
+
+def _as_str(col: str) -> pl.Expr:
+    return pl.col(col).cast(pl.String).fill_null(NULL_TOKEN).alias(col)
+
+
+def _bag(lf: pl.LazyFrame | pl.DataFrame, m: MultiHotFeature) -> pl.Expr:
+    dtype = lf.collect_schema()[m.name] if isinstance(lf, pl.LazyFrame) else lf.schema[m.name]
+    if isinstance(dtype, pl.List):
+        return pl.col(m.name).list.eval(pl.element().cast(pl.String)).fill_null([])
+    return (
+        pl.when(pl.col(m.name).cast(pl.String).fill_null("") == "")
+        .then(pl.lit([], dtype=pl.List(pl.String)))
+        .otherwise(pl.col(m.name).cast(pl.String).str.split(m.separator))
+        .alias(m.name)
+    )
+
+
+def _fit_vocab(values: pl.LazyFrame, f: Categorical) -> list[str]:
+    counts = (
+        values.group_by(f.name)
+        .agg(pl.len().alias("n"))
+        .filter(pl.col("n") >= f.min_count)
+        .sort(["n", f.name], descending=[True, False])
+        .collect()
+    )
+    vocab = counts[f.name].drop_nulls().to_list()
+    if f.max_vocab is not None:
+        vocab = vocab[: f.max_vocab]
+    return [str(v) for v in vocab]
+
+
+def _dense_expr(d: DenseFeature, source: str | None) -> pl.Expr:
+    x = pl.col(d.name).cast(pl.Float64, strict=False)
+    if d.log:
+        x = x.sign() * x.abs().log1p()
+    return x
+
+
+def check_columns(
+    lf: pl.LazyFrame | pl.DataFrame, columns: Sequence[str], source: str | None
+) -> None:
+    """Raise :class:`DataError` naming ``source`` and every column in ``columns`` it lacks."""
+    have = lf.collect_schema().names() if isinstance(lf, pl.LazyFrame) else lf.columns
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise DataError(
+            f"{_where(source)}missing column(s) {missing}; the data has {have[:50]}"
+            f"{' ...' if len(have) > 50 else ''}. Fix the file or the feature spec."
+        )
+
+
+def _first_bad(lf: pl.LazyFrame | pl.DataFrame, bad: pl.Expr, col: str) -> tuple[int, Any] | None:
+    """Index and value of the first row where ``bad`` holds, or None."""
+    out = (
+        lf.lazy()
+        .with_row_index("__row")
+        .filter(bad)
+        .select("__row", pl.col(col).cast(pl.String))
+        .head(1)
+        .collect()
+    )
+    if out.height == 0:
+        return None
+    return int(out["__row"][0]), out[col][0]
+
+
+def _check_dense(
+    lf: pl.LazyFrame | pl.DataFrame, dense: Sequence[DenseFeature], source: str | None, offset: int
+) -> None:
+    schema = lf.collect_schema() if isinstance(lf, pl.LazyFrame) else lf.schema
+    for d in dense:
+        raw = pl.col(d.name)
+        if not schema[d.name].is_numeric():
+            cast = raw.cast(pl.Float64, strict=False)
+            stripped = raw.cast(pl.String).str.strip_chars()
+            bad_value = raw.is_not_null() & (stripped != "") & cast.is_null()
+            hit = _first_bad(lf, bad_value, d.name)
+            if hit is not None:
+                raise DataError(
+                    f"{_where(source)}dense column {d.name!r} holds a non-numeric value "
+                    f"{hit[1]!r} at row {hit[0] + offset} (0-based data row, header not "
+                    "counted); clean the file or declare the column sparse"
+                )
+        inf = raw.cast(pl.Float64, strict=False).is_infinite()
+        hit = _first_bad(lf, inf, d.name)
+        if hit is not None:
+            raise DataError(
+                f"{_where(source)}dense column {d.name!r} holds a non-finite value {hit[1]!r} "
+                f"at row {hit[0] + offset} (0-based data row); clean the file"
+            )
+        if d.nulls == "error":
+            hit = _first_bad(lf, raw.cast(pl.Float64, strict=False).is_null(), d.name)
+            if hit is not None:
+                raise DataError(
+                    f"{_where(source)}dense column {d.name!r} is missing a value at row "
+                    f"{hit[0] + offset} (0-based data row); set DenseFeature(nulls='mean' or "
+                    "'zero') to fill missing values"
+                )
+
+
+def _check_labels(
+    lf: pl.LazyFrame | pl.DataFrame, labels: Sequence[Label], source: str | None, offset: int
+) -> None:
+    for lab in labels:
+        raw = pl.col(lab.col)
+        y = raw.cast(pl.Float64, strict=False)
+        hit = _first_bad(lf, y.is_null(), lab.col)
+        if hit is not None:
+            what = "is missing" if hit[1] is None else f"holds a non-numeric value {hit[1]!r}"
+            raise DataError(
+                f"{_where(source)}label column {lab.col!r} (task {lab.task!r}) {what} at row "
+                f"{hit[0] + offset} (0-based data row); every row needs a numeric label"
+            )
+        if lab.kind == "binary":
+            bad = ~y.is_in([0.0, 1.0])
+            need = "0 or 1 for a binary task"
+        else:
+            bad = ~y.is_finite()
+            need = "a finite number for a regression task"
+        hit = _first_bad(lf, bad, lab.col)
+        if hit is not None:
+            raise DataError(
+                f"{_where(source)}label column {lab.col!r} (task {lab.task!r}) holds {hit[1]!r} "
+                f"at row {hit[0] + offset} (0-based data row); it must be {need}"
+            )
+
+
+def _crc32_ids(values: list[str], base: int, buckets: int) -> list[int]:
+    return [base + zlib.crc32(v.encode("utf-8")) % buckets for v in values]
+
+
+@dataclass
+class FittedFeatures:
+    """A :class:`FeatureSpec` with its fitted vocabularies and dense statistics."""
+
+    spec: FeatureSpec
+    vocabs: dict[str, list[str]]
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lookup: dict[str, dict[str, int]] = {
+            name: {v: i + 1 for i, v in enumerate(vocab)} for name, vocab in self.vocabs.items()
+        }
+
+    # ----------------------------------------------------------------------------- sizes
+    @property
+    def cardinalities(self) -> dict[str, int]:
+        """Embedding-table rows per sparse and multi-hot feature (reserved 0 + vocabulary +
+        hash buckets)."""
+        out: dict[str, int] = {}
+        feats: list[Categorical] = [*self.spec.sparse, *self.spec.multi_hot]
+        for f in feats:
+            out[f.name] = 1 + len(self.vocabs[f.name]) + f.hash_buckets
+        return out
+
+    @property
+    def sparse_names(self) -> list[str]:
+        """Single-valued categorical features in order."""
+        return [f.name for f in self.spec.sparse]
+
+    @property
+    def multi_hot_names(self) -> list[str]:
+        """Multi-hot features in order."""
+        return [f.name for f in self.spec.multi_hot]
+
+    @property
+    def dense_names(self) -> list[str]:
+        """Columns of the dense matrix in order."""
+        return [d.name for d in self.spec.dense]
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names in order."""
+        return self.spec.tasks
+
+    @property
+    def task_kinds(self) -> dict[str, str]:
+        """Task -> ``"binary"`` or ``"regression"``."""
+        return {lab.task: lab.kind for lab in self.spec.labels}
+
+    # ------------------------------------------------------------------------- transform
+    def transform(
+        self,
+        data: pl.DataFrame | pl.LazyFrame,
+        *,
+        source: str | None = None,
+        row_offset: int = 0,
+        labels: bool = True,
+    ) -> RecBatch:
+        """Tensors for every row of ``data``.
+
+        Args:
+            data: a frame with the spec's feature columns (and label columns if ``labels``).
+            source: file name for error messages.
+            row_offset: added to row numbers in error messages (for batches of a file).
+            labels: read the label columns (``False`` at serving time: labels come back empty).
+        """
+        df = data.collect() if isinstance(data, pl.LazyFrame) else data
+        spec = self.spec
+        need = [c for c in spec.columns if labels or c not in {lab.col for lab in spec.labels}]
+        check_columns(df, need, source)
+        n = df.height
+        sparse = {
+            f.name: self._ids(df[f.name].cast(pl.String).fill_null(NULL_TOKEN), f)
+            for f in spec.sparse
+        }
+        multi: dict[str, Jagged] = {}
+        for m in spec.multi_hot:
+            bags = df.select(_bag(df, m))[m.name]
+            lengths = bags.list.len().fill_null(0).to_numpy().astype(np.int64)
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            values = (
+                self._ids(bags.explode().drop_nulls(), m)
+                if offsets[-1]
+                else torch.zeros(0, dtype=torch.int64)
+            )
+            multi[m.name] = Jagged(torch.from_numpy(offsets), values)
+        if spec.dense:
+            _check_dense(df, spec.dense, source, row_offset)
+            cols = []
+            for d in spec.dense:
+                x = df.select(_dense_expr(d, source))[d.name].to_numpy().astype(np.float64)
+                st = self.stats[d.name]
+                fill = st["mean"] if d.nulls == "mean" else 0.0
+                x = np.where(np.isnan(x), fill, x)
+                if d.norm == "standard":
+                    x = (x - st["mean"]) / (st["std"] if st["std"] > 0 else 1.0)
+                elif d.norm == "minmax":
+                    span = st["max"] - st["min"]
+                    x = (x - st["min"]) / span if span > 0 else np.zeros_like(x)
+                cols.append(x.astype(np.float32))
+            dense = torch.from_numpy(np.stack(cols, axis=1))
+        else:
+            dense = torch.zeros(n, 0)
+        targets: dict[str, torch.Tensor] = {}
+        if labels and spec.labels:
+            _check_labels(df, spec.labels, source, row_offset)
+            for lab in spec.labels:
+                y = df[lab.col].cast(pl.Float64, strict=False).to_numpy().astype(np.float32)
+                targets[lab.task] = torch.from_numpy(y)
+        return RecBatch(RecInputs(sparse, dense, multi), targets)
+
+    def _ids(self, values: pl.Series, f: Categorical) -> torch.Tensor:
+        lookup = self._lookup[f.name]
+        if lookup:
+            ids = values.replace_strict(
+                list(lookup), list(lookup.values()), default=0, return_dtype=pl.Int64
+            )
+        else:
+            ids = pl.Series(values.name, [0] * len(values), dtype=pl.Int64)
+        if f.oov == "hash":
+            unseen = values.filter(ids == 0).unique().to_list()
+            if unseen:
+                hashed = _crc32_ids(unseen, 1 + len(lookup), f.hash_buckets)
+                extra = values.replace_strict(unseen, hashed, default=0, return_dtype=pl.Int64)
+                ids = pl.select(pl.when(ids == 0).then(extra).otherwise(ids)).to_series()
+        return torch.from_numpy(np.array(ids.to_numpy(), dtype=np.int64))
+
+    # ------------------------------------------------------------------------ save / load
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description (spec, vocabularies, statistics)."""
+        return {
+            "format": "mtlrec.FittedFeatures",
+            "version": _FORMAT_VERSION,
+            "spec": {
+                "sparse": [asdict(f) for f in self.spec.sparse],
+                "dense": [asdict(d) for d in self.spec.dense],
+                "multi_hot": [asdict(m) for m in self.spec.multi_hot],
+                "labels": [asdict(lab) for lab in self.spec.labels],
+            },
+            "vocabs": self.vocabs,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FittedFeatures:
+        """Inverse of :meth:`to_dict`."""
+        if d.get("format") != "mtlrec.FittedFeatures" or d.get("version") != _FORMAT_VERSION:
+            raise ValueError(
+                "not a saved mtlrec.FittedFeatures (version "
+                f"{_FORMAT_VERSION}): format={d.get('format')!r} version={d.get('version')!r}"
+            )
+        s = d["spec"]
+        spec = FeatureSpec(
+            sparse=[SparseFeature(**f) for f in s["sparse"]],
+            dense=[DenseFeature(**f) for f in s["dense"]],
+            multi_hot=[MultiHotFeature(**f) for f in s["multi_hot"]],
+            labels=[Label(**f) for f in s["labels"]],
+        )
+        stats = {k: {kk: float(vv) for kk, vv in v.items()} for k, v in d["stats"].items()}
+        return cls(spec, {k: list(v) for k, v in d["vocabs"].items()}, stats)
+
+    def save(self, path: str | Path) -> None:
+        """Write JSON to ``path`` (what :meth:`load` reads, e.g. beside a model checkpoint)."""
+        Path(path).write_text(json.dumps(self.to_dict(), allow_nan=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FittedFeatures:
+        """Read what :meth:`save` wrote."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

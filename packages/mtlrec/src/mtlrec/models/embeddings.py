@@ -1,0 +1,244 @@
+"""Sparse embeddings over TorchRec or plain ``torch.nn.EmbeddingBag`` — the same model code
+over both.
+
+``SparseEmbeddings(features)`` holds one table per feature (feature -> ``(num_embeddings,
+dim)``), sum-pools each feature's ids per row and concatenates the pooled vectors in the
+order of ``features`` (insertion order): the output is ``(N, Σ dim)``.
+
+- ``backend="torchrec"``: an unsharded ``torchrec.EmbeddingBagCollection`` fed one
+  ``KeyedJaggedTensor`` per batch (the module TorchRec's planner shards later).
+- ``backend="torch"``: one ``torch.nn.EmbeddingBag(mode="sum")`` per feature.
+- ``backend="auto"`` (default): TorchRec when it imports, plain torch otherwise.
+
+Both backends initialise the tables the same way (``N(0, init_std²)``, drawn in feature order
+from the global torch RNG, nothing else drawn), so the same seed gives the same weights on
+either; :meth:`SparseEmbeddings.copy_weights_from` and :meth:`SparseEmbeddings.to_backend`
+move weights between them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .inputs import RecInputs, as_bag, batch_size_of, check_inputs
+
+__all__ = ["BACKENDS", "EmbeddingConfig", "SparseEmbeddings", "torchrec_available"]
+
+EmbeddingConfig = Mapping[str, tuple[int, int]]
+"""feature name -> ``(num_embeddings, embedding_dim)``"""
+
+BACKENDS = ("auto", "torchrec", "torch")
+
+
+@functools.cache
+def torchrec_available() -> bool:
+    """True when ``torchrec`` (and its fbgemm kernels) import."""
+    try:
+        import torchrec  # noqa: F401
+    except Exception:  # ImportError, or a broken fbgemm install raising OSError/RuntimeError
+        return False
+    return True
+
+
+def _table_name(feature: str) -> str:
+    return f"t_{feature}"
+
+
+class SparseEmbeddings(nn.Module):
+    """Sum-pooled embedding tables, one per feature; ``forward(RecInputs) -> (N, Σ dim)``.
+
+    Args:
+        features: feature -> ``(num_embeddings, dim)``; the output concatenates the features in
+            this order. A feature is read from ``inputs.sparse`` (one id a row) or
+            ``inputs.multi_hot`` (a bag of ids a row), whichever has it.
+        backend: ``"auto"``, ``"torchrec"`` or ``"torch"`` (see the module docstring).
+        init_std: the tables start as ``N(0, init_std²)``.
+        check_ids: check every id is in ``[0, num_embeddings)`` and name the feature when not
+            (one host sync per batch; turn off for throughput once the data is trusted — an
+            out-of-range id on a GPU is otherwise a device-side assert).
+    """
+
+    def __init__(
+        self,
+        features: EmbeddingConfig,
+        backend: str = "auto",
+        *,
+        init_std: float = 0.05,
+        check_ids: bool = True,
+    ) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        if not (isinstance(init_std, int | float) and init_std > 0):
+            raise ValueError(f"init_std must be a positive number, not {init_std!r}")
+        self.features: dict[str, tuple[int, int]] = {}
+        for name, spec in features.items():
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(
+                    f"feature name {name!r} is not usable: it must be a non-empty str without '.'"
+                )
+            if not (
+                isinstance(spec, tuple | list)
+                and len(spec) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in spec)
+                and spec[0] > 0
+                and spec[1] > 0
+            ):
+                raise ValueError(
+                    f"feature {name!r}: expected (num_embeddings, dim) as two positive ints, got "
+                    f"{spec!r} (num_embeddings comes from the fitted spec's cardinalities)"
+                )
+            self.features[name] = (int(spec[0]), int(spec[1]))
+        if backend == "auto":
+            backend = "torchrec" if torchrec_available() else "torch"
+        elif backend == "torchrec" and not torchrec_available():
+            raise ImportError(
+                "backend='torchrec' needs torchrec (with fbgemm-gpu-cpu or fbgemm-gpu); install it "
+                "or use backend='torch' (plain torch.nn.EmbeddingBag, same results)"
+            )
+        self.backend = backend
+        self.init_std = float(init_std)
+        self.check_ids = check_ids
+        self.output_dim = sum(d for _, d in self.features.values())
+        # Build without touching the global RNG, then draw the initial weights in feature
+        # order: the same seed gives the same tables on both backends.
+        with torch.random.fork_rng(devices=[]):
+            if backend == "torchrec":
+                self.ebc: nn.Module | None = self._make_ebc()
+                self.bags: nn.ModuleDict | None = None
+            else:
+                self.ebc = None
+                self.bags = nn.ModuleDict(
+                    {f: nn.EmbeddingBag(n, d, mode="sum") for f, (n, d) in self.features.items()}
+                )
+        self.reset_parameters()
+
+    def _make_ebc(self) -> nn.Module:
+        from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+
+        configs = [
+            EmbeddingBagConfig(
+                name=_table_name(f),
+                embedding_dim=d,
+                num_embeddings=n,
+                feature_names=[f],
+                pooling=PoolingType.SUM,
+            )
+            for f, (n, d) in self.features.items()
+        ]
+        return EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
+
+    # ------------------------------------------------------------------ weights
+    def tables(self) -> dict[str, nn.Parameter]:
+        """feature -> its ``(num_embeddings, dim)`` weight, in feature order."""
+        if self.ebc is not None:
+            bags: Any = self.ebc.embedding_bags
+            return {f: bags[_table_name(f)].weight for f in self.features}
+        assert self.bags is not None
+        plain: Any = self.bags
+        return {f: plain[f].weight for f in self.features}
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw every table from ``N(0, init_std²)`` in feature order (global torch RNG)."""
+        for weight in self.tables().values():
+            weight.normal_(0.0, self.init_std)
+
+    @torch.no_grad()
+    def copy_weights_from(self, other: SparseEmbeddings) -> None:
+        """Copy ``other``'s tables into this module (either backend to either)."""
+        if not isinstance(other, SparseEmbeddings):
+            raise TypeError(f"expected SparseEmbeddings, got {type(other).__name__}")
+        if dict(other.features) != self.features:
+            raise ValueError(
+                f"the feature configs differ: this module has {self.features}, the other "
+                f"{dict(other.features)}"
+            )
+        mine, theirs = self.tables(), other.tables()
+        for f in self.features:
+            mine[f].copy_(theirs[f])
+
+    def to_backend(self, backend: str) -> SparseEmbeddings:
+        """A new module on ``backend`` with a copy of these weights (same device and dtype)."""
+        with torch.random.fork_rng(devices=[]):
+            other = SparseEmbeddings(
+                self.features, backend, init_std=self.init_std, check_ids=self.check_ids
+            )
+        first = next(iter(self.tables().values()), None)
+        if first is not None:
+            other = other.to(device=first.device, dtype=first.dtype)
+        other.copy_weights_from(self)
+        return other
+
+    # ------------------------------------------------------------------ forward
+    def _bags(self, inputs: RecInputs) -> dict[str, tuple[Tensor, Tensor]]:
+        """feature -> (values, offsets of length N + 1), int64, ids checked."""
+        n = batch_size_of(inputs)
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        for f, (num, _) in self.features.items():
+            if f in inputs.sparse:
+                ids = inputs.sparse[f]
+                if ids.dim() != 1 or ids.shape[0] != n:
+                    raise ValueError(
+                        f"sparse feature {f!r}: expected shape ({n},), got {tuple(ids.shape)}"
+                    )
+                values = ids.long()
+                offsets = torch.arange(n + 1, device=ids.device)
+            elif f in inputs.multi_hot:
+                values, offsets = as_bag(inputs.multi_hot[f], f)
+                if offsets.dim() != 1 or offsets.shape[0] != n + 1:
+                    raise ValueError(
+                        f"multi-hot feature {f!r}: offsets must have N + 1 = {n + 1} entries "
+                        f"(CSR), got shape {tuple(offsets.shape)}"
+                    )
+                values, offsets = values.long(), offsets.long()
+            else:
+                raise ValueError(
+                    f"the inputs have no feature {f!r} (sparse: {sorted(inputs.sparse)}, "
+                    f"multi_hot: {sorted(inputs.multi_hot)}); the embedding config names "
+                    f"{list(self.features)}"
+                )
+            if self.check_ids and values.numel():
+                lo, hi = torch.aminmax(values)
+                lo_i, hi_i = int(lo), int(hi)
+                if lo_i < 0 or hi_i >= num:
+                    bad = lo_i if lo_i < 0 else hi_i
+                    raise ValueError(
+                        f"feature {f!r}: id {bad} is outside its table [0, {num}); size the table "
+                        f"from the fitted spec's cardinalities (or map unseen values to the "
+                        f"reserved id)"
+                    )
+            out[f] = (values, offsets)
+        return out
+
+    def forward(self, inputs: RecInputs) -> Tensor:
+        """Pooled embeddings ``(N, Σ dim)``, features concatenated in config order.
+        ``inputs``: :class:`RecInputs` or any object with its fields (``mtlrec.data``'s)."""
+        check_inputs(inputs, "SparseEmbeddings")
+        if not self.features:
+            dense = inputs.dense
+            device = dense.device if dense is not None else torch.device("cpu")
+            return torch.zeros(batch_size_of(inputs), 0, device=device)
+        bags = self._bags(inputs)
+        if self.ebc is None:
+            assert self.bags is not None
+            return torch.cat([self.bags[f](v, o[:-1]) for f, (v, o) in bags.items()], dim=1)
+        from torchrec import KeyedJaggedTensor
+
+        keys = list(bags)
+        values = torch.cat([v for v, _ in bags.values()])
+        lengths = torch.cat([o[1:] - o[:-1] for _, o in bags.values()]).to(torch.int64)
+        kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
+        pooled: Any = self.ebc(kjt)
+        per_key = pooled.to_dict()
+        return torch.cat([per_key[f] for f in keys], dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"backend={self.backend!r}, features={len(self.features)}, output_dim={self.output_dim}"
+        )
