@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from mtlrec.data import Jagged
 from mtlrec.models import RecInputs, SparseEmbeddings, random_inputs, torchrec_available
 
 FEATURES = {"user": (50, 8), "item": (30, 4), "tags": (20, 3), "city": (5, 2)}
@@ -21,13 +22,12 @@ def _inputs(n: int = 16, seed: int = 0) -> RecInputs:
         n, FEATURES, multi_hot={"tags": 4}, generator=torch.Generator().manual_seed(seed)
     )
     # make sure an empty bag and a long bag are present
-    values, offsets = inputs.multi_hot["tags"]
-    lengths = offsets[1:] - offsets[:-1]
+    lengths = inputs.multi_hot["tags"].lengths.clone()
     lengths[0] = 0
     lengths[1] = 6
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
     values = torch.randint(0, 20, (int(offsets[-1]),), generator=torch.Generator().manual_seed(9))
-    inputs.multi_hot["tags"] = (values, offsets)
+    inputs.multi_hot["tags"] = Jagged(offsets, values)
     return inputs.validate()
 
 
@@ -40,8 +40,8 @@ def _reference(emb: SparseEmbeddings, inputs: RecInputs) -> torch.Tensor:
         if f in inputs.sparse:
             parts.append(w[inputs.sparse[f]])
         else:
-            values, offsets = inputs.multi_hot[f]
-            rows = [w[values[a:b]].sum(0) for a, b in itertools.pairwise(offsets)]
+            bag = inputs.multi_hot[f]
+            rows = [w[bag.values[a:b]].sum(0) for a, b in itertools.pairwise(bag.offsets)]
             parts.append(torch.stack(rows))
     return torch.cat(parts, dim=1)
 
@@ -172,20 +172,74 @@ def test_copy_between_different_configs_is_refused() -> None:
 def test_rec_inputs_contract() -> None:
     inputs = _inputs(n=8)
     assert inputs.batch_size == len(inputs) == 8
+    assert inputs.dense.shape == (8, 0)  # no dense features: an empty (N, 0) matrix
     moved = inputs.to("cpu")
     assert moved is not inputs and torch.equal(moved.sparse["user"], inputs.sparse["user"])
+    assert torch.equal(moved.multi_hot["tags"].values, inputs.multi_hot["tags"].values)
     dense = RecInputs(dense=torch.zeros(3, 2))
     assert dense.batch_size == 3
-    with pytest.raises(ValueError, match="empty"):
-        _ = RecInputs().batch_size
+    # dense=None becomes (N, 0), N from the ids
+    assert RecInputs(sparse={"a": torch.tensor([1, 2])}).dense.shape == (2, 0)
+    bags = RecInputs(multi_hot={"m": Jagged(torch.tensor([0, 1, 1, 3]), torch.tensor([4, 5, 6]))})
+    assert bags.batch_size == 3 and bags.dense.shape == (3, 0)
+    with pytest.raises(ValueError, match=r"empty; pass dense=torch\.zeros"):
+        RecInputs()
     with pytest.raises(ValueError, match=r"sparse feature 'b': expected shape \(2,\)"):
         RecInputs(sparse={"a": torch.tensor([1, 2]), "b": torch.tensor([1, 2, 3])}).validate()
     with pytest.raises(TypeError, match="'a': ids must be int64"):
         RecInputs(sparse={"a": torch.tensor([1.0, 2.0])}).validate()
-    with pytest.raises(ValueError, match=r"'m': expected 1-d values and offsets of shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"'m': expected offsets of shape \(3,\)"):
         RecInputs(
             sparse={"a": torch.tensor([1, 2])},
-            multi_hot={"m": (torch.tensor([1, 2]), torch.tensor([0, 2]))},
+            multi_hot={"m": Jagged(torch.tensor([0, 2]), torch.tensor([1, 2]))},
+        ).validate()
+    with pytest.raises(ValueError, match=r"'m': offsets must run from 0 to len\(values\) = 2"):
+        RecInputs(multi_hot={"m": Jagged(torch.tensor([0, 1, 3]), torch.tensor([1, 2]))}).validate()
+    with pytest.raises(ValueError, match="'m': offsets must never decrease"):
+        RecInputs(
+            multi_hot={"m": Jagged(torch.tensor([0, 2, 1, 2]), torch.tensor([1, 2]))}
+        ).validate()
+    with pytest.raises(TypeError, match=r"'m': expected a Jagged\(offsets, values\), got tuple"):
+        RecInputs(
+            sparse={"a": torch.tensor([1, 2])},
+            multi_hot={"m": (torch.tensor([1, 2]), torch.tensor([0, 1, 2]))},  # type: ignore[dict-item]
         ).validate()
     with pytest.raises(ValueError, match=r"dense features: expected shape \(2, D\)"):
         RecInputs(sparse={"a": torch.tensor([1, 2])}, dense=torch.zeros(3, 1)).validate()
+    with pytest.raises(TypeError, match="dense features must be floating point"):
+        RecInputs(
+            sparse={"a": torch.tensor([1, 2])}, dense=torch.zeros(2, 1, dtype=torch.int64)
+        ).validate()
+
+
+def test_rec_inputs_index_cat_and_pin_memory_keep_rows_aligned() -> None:
+    inputs = random_inputs(
+        10, FEATURES, dense_dim=2, multi_hot={"tags": 3}, generator=torch.Generator().manual_seed(4)
+    )
+    idx = torch.tensor([7, 2, 2, 9])
+    sub = inputs.index(idx).validate()
+    assert sub.batch_size == 4 and torch.equal(sub.dense, inputs.dense[idx])
+    assert torch.equal(sub.sparse["user"], inputs.sparse["user"][idx])
+    tags = inputs.multi_hot["tags"]
+    for row, i in enumerate(idx.tolist()):
+        a, b = sub.multi_hot["tags"].offsets[row : row + 2].tolist()
+        lo, hi = tags.offsets[i : i + 2].tolist()
+        assert sub.multi_hot["tags"].values[a:b].tolist() == tags.values[lo:hi].tolist()
+    joined = RecInputs.cat([inputs.index(torch.arange(0, 6)), inputs.index(torch.arange(6, 10))])
+    assert torch.equal(joined.multi_hot["tags"].offsets, tags.offsets)
+    assert torch.equal(joined.multi_hot["tags"].values, tags.values)
+    assert torch.equal(joined.dense, inputs.dense)
+    if torch.cuda.is_available():  # pinning needs an accelerator
+        pinned = inputs.pin_memory()
+        assert pinned.dense.is_pinned() and pinned.multi_hot["tags"].values.is_pinned()
+        assert torch.equal(pinned.sparse["item"], inputs.sparse["item"])
+
+
+def test_embeddings_reject_tuple_bags_with_a_hint() -> None:
+    emb = SparseEmbeddings({"m": (5, 2)}, "torch")
+    bad = RecInputs(
+        multi_hot={"m": Jagged(torch.tensor([0, 1]), torch.tensor([2]))}, dense=torch.zeros(1, 0)
+    )
+    bad.multi_hot["m"] = (torch.tensor([2]), torch.tensor([0, 1]))  # type: ignore[assignment]
+    with pytest.raises(TypeError, match=r"'m'.*wrap a \(values, offsets\) pair as Jagged"):
+        emb(bad)

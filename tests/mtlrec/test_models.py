@@ -319,19 +319,18 @@ def test_model_runs_in_the_trainer_with_its_tasks() -> None:
     assert metrics["dwell"]["mae"] > 0 and set(losses) == set(TASKS)
 
 
-def test_models_take_the_data_sides_inputs() -> None:
-    """mtlrec.data's RecInputs (bags as Jagged, dense (N, 0) when absent) gives the same
-    predictions as the (values, offsets) form."""
+def test_models_and_data_share_one_inputs_class() -> None:
+    """mtlrec.models.RecInputs is mtlrec.data.RecInputs; dense=None and an explicit (N, 0)
+    matrix are the same thing to a model."""
     data = pytest.importorskip("mtlrec.data")
-    model = build("mmoe")
-    inputs, _ = batch(model, n=12)
-    values, offsets = inputs.multi_hot["tags"]
-    assert inputs.dense is not None
-    theirs = data.RecInputs(
-        sparse=inputs.sparse, dense=inputs.dense, multi_hot={"tags": data.Jagged(offsets, values)}
-    )
+    assert RecInputs is data.RecInputs
+    torch.manual_seed(0)
+    model = make_model("mmoe", FEATURES, TASKS, backend="torch", **SMALL["mmoe"])
+    inputs = random_inputs(12, FEATURES, multi_hot={"tags": 3}, generator=torch.Generator())
+    assert inputs.dense.shape == (12, 0)
+    implicit = RecInputs(sparse=inputs.sparse, multi_hot=inputs.multi_hot)
     _, mine_preds = model(inputs)
-    _, their_preds = model(theirs)
+    _, their_preds = model(implicit)
     for t in TASKS:
         assert torch.equal(mine_preds[t], their_preds[t])
 

@@ -155,13 +155,12 @@ class MultiTaskRecModel(nn.Module):
 
     # ------------------------------------------------------------------ input
     def embed(self, inputs: RecInputs) -> Tensor:
-        """``x = [pooled embeddings, dense]``, shape ``(N, input_dim)``. ``inputs``:
-        :class:`RecInputs`, or any object with its fields (``mtlrec.data.RecInputs``, whose
-        bags are ``Jagged`` and whose ``dense`` is ``(N, 0)`` when there are none)."""
+        """``x = [pooled embeddings, dense]``, shape ``(N, input_dim)``, from a
+        :class:`RecInputs` (bags as ``Jagged``; ``dense`` is ``(N, 0)`` when there are none)."""
         check_inputs(inputs, type(self).__name__)
         parts = [self.embedding(inputs)] if self.embedding.features else []
         if self.dense_dim:
-            if inputs.dense is None or inputs.dense.numel() == 0:
+            if inputs.dense.numel() == 0:
                 raise ValueError(
                     f"{type(self).__name__} was built with dense_dim={self.dense_dim} but the "
                     f"inputs have no dense features"
@@ -172,7 +171,7 @@ class MultiTaskRecModel(nn.Module):
                     f"{tuple(inputs.dense.shape)}"
                 )
             parts.append(inputs.dense.to(self.embedding_dtype()))
-        elif inputs.dense is not None and inputs.dense.shape[-1] > 0:
+        elif inputs.dense.shape[-1] > 0:
             raise ValueError(
                 f"the inputs have {inputs.dense.shape[-1]} dense features but "
                 f"{type(self).__name__} was built with dense_dim=0; pass dense_dim"

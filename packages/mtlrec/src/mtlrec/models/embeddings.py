@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .inputs import RecInputs, as_bag, batch_size_of, check_inputs
+from .inputs import RecInputs, as_bag, check_inputs
 
 __all__ = ["BACKENDS", "EmbeddingConfig", "SparseEmbeddings", "torchrec_available"]
 
@@ -55,7 +55,8 @@ class SparseEmbeddings(nn.Module):
     Args:
         features: feature -> ``(num_embeddings, dim)``; the output concatenates the features in
             this order. A feature is read from ``inputs.sparse`` (one id a row) or
-            ``inputs.multi_hot`` (a bag of ids a row), whichever has it.
+            ``inputs.multi_hot`` (a :class:`~mtlrec.data.Jagged` bag of ids a row), whichever
+            has it.
         backend: ``"auto"``, ``"torchrec"`` or ``"torch"`` (see the module docstring).
         init_std: the tables start as ``N(0, init_std²)``.
         check_ids: check every id is in ``[0, num_embeddings)`` and name the feature when not
@@ -178,7 +179,7 @@ class SparseEmbeddings(nn.Module):
     # ------------------------------------------------------------------ forward
     def _bags(self, inputs: RecInputs) -> dict[str, tuple[Tensor, Tensor]]:
         """feature -> (values, offsets of length N + 1), int64, ids checked."""
-        n = batch_size_of(inputs)
+        n = inputs.batch_size
         out: dict[str, tuple[Tensor, Tensor]] = {}
         for f, (num, _) in self.features.items():
             if f in inputs.sparse:
@@ -217,13 +218,10 @@ class SparseEmbeddings(nn.Module):
         return out
 
     def forward(self, inputs: RecInputs) -> Tensor:
-        """Pooled embeddings ``(N, Σ dim)``, features concatenated in config order.
-        ``inputs``: :class:`RecInputs` or any object with its fields (``mtlrec.data``'s)."""
+        """Pooled embeddings ``(N, Σ dim)``, features concatenated in config order."""
         check_inputs(inputs, "SparseEmbeddings")
         if not self.features:
-            dense = inputs.dense
-            device = dense.device if dense is not None else torch.device("cpu")
-            return torch.zeros(batch_size_of(inputs), 0, device=device)
+            return torch.zeros(inputs.batch_size, 0, device=inputs.device)
         bags = self._bags(inputs)
         if self.ebc is None:
             assert self.bags is not None
