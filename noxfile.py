@@ -45,6 +45,7 @@ PACKAGES: list[str] = [
     "packages/mtlbalance[bench,solvers,test]",
     "packages/mtltrain[mlflow,test]",
     "packages/mtlrec[test]",
+    "packages/mtlmolecule[convert,test]",
     "apps/mtlbench[mlflow,test]",
 ]
 
