@@ -21,6 +21,7 @@ import torch
 import mtlbalance
 from mtltrain.problem import MultiTaskModel, Problem
 from mtltrain.tracking import Tracker
+from mtltrain.tracking.mlflow_sink import MlflowSink
 from mtltrain.trainer import (
     FitResult,
     Trainer,
@@ -171,6 +172,7 @@ def earlier_stl_runs(
     if stl or tracking_uri is None:
         return stl
     try:
+        MlflowSink(tracking_uri).probe()  # a server that is down: one failed connect, no retries
         runs = collect_runs(spec, tracking_uri=tracking_uri)
     except NoRunsError:
         return []
