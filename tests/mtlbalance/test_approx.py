@@ -429,3 +429,15 @@ def test_state_round_trip_continues_bit_for_bit(engine: str) -> None:
         exact(resumed, "dbmtl").load_state_dict(state)
     with pytest.raises(ValueError, match="same tables="):
         approx(resumed, "dbmtl").load_state_dict(exact(resumed, "dbmtl").state_dict())
+
+
+def test_sparse_table_in_shared_is_refused_with_a_pointer_to_tables() -> None:
+    torch.manual_seed(0)
+    table = torch.nn.EmbeddingBag(20, 4, mode="sum", sparse=True)
+    heads = torch.nn.ModuleDict({t: torch.nn.Linear(4, 1) for t in ("a", "b")})
+    ids, offsets = torch.randint(0, 20, (12,)), torch.arange(0, 12, 3)
+    z = table(ids, offsets)
+    losses = {t: h(z).pow(2).mean() for t, h in heads.items()}
+    balancer = mtlbalance.make("dbmtl", table, dict(heads.items()), engine="loop")
+    with pytest.raises(ValueError, match=r"sparse gradient.*tables="):
+        balancer.backward(losses)

@@ -99,9 +99,16 @@ def write_row(out_row: Tensor, grads: Sequence[Tensor | None], layout: FlatLayou
     a block. Missing gradients (None) become zeros."""
     lead = out_row.shape[:-1]
     pieces = []
-    for g, p in zip(grads, layout.params, strict=True):
+    for name, g, p in zip(layout.names, grads, layout.params, strict=True):
         if g is None:
             g = torch.zeros((*lead, *p.shape), device=out_row.device, dtype=out_row.dtype)
+        elif g.layout != torch.strided:
+            raise ValueError(
+                f"shared parameter {name!r} has a sparse gradient (e.g. nn.Embedding(sparse="
+                f"True)); the per-task gradient matrix is dense: pass such tables as "
+                f"Balancer(tables=...) "
+                f"(balanced approximately, sparse gradients kept) or build them with sparse=False"
+            )
         pieces.append(g.reshape(*lead, -1))
     torch.cat(pieces, dim=-1, out=out_row)
 
