@@ -75,6 +75,26 @@ def test_split_file_order(tmp_path: Path) -> None:
         make_splits(n, split_file=tmp_path / "missing.t")
 
 
+def test_sizes_keep_the_head_of_each_part(tmp_path: Path) -> None:
+    n = 30_000
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(6))
+    path = tmp_path / "split.t"
+    torch.save(perm, path)
+    targets = torch.randn(n, 11)
+    s = make_splits(n, split_file=path, sizes=(500, None, 300), targets=targets)
+    assert torch.equal(s.test, perm[:300])  # published test molecules, not a re-split
+    assert torch.equal(s.val, perm[10_000:20_000])
+    assert torch.equal(s.train, perm[20_000:20_500])
+    assert s.info["train"] == 500
+    torch.testing.assert_close(s.mean, targets[perm[20_000:20_500]].mean(0))  # train statistics
+    with pytest.raises(ValueError, match=r"train size must be an int between 1 and 10000"):
+        make_splits(n, split_file=path, sizes=(10_001, None, None))
+    with pytest.raises(ValueError, match="subset or sizes"):
+        make_splits(n, split_file=path, sizes=(5, 5, 5), subset=100)
+    with pytest.raises(ValueError, match=r"sizes must be \(train, val, test\)"):
+        make_splits(n, split_file=path, sizes=(5, 5))
+
+
 @pytest.mark.skipif(not SHARED_SPLIT.is_file(), reason="../shared/data/qm9 is not here")
 def test_published_split_file() -> None:
     s = make_splits(130_831, split_file=SHARED_SPLIT)

@@ -7,6 +7,8 @@
     ``../shared/data/qm9/random_split.t``; relative paths are taken from the working
     directory); empty or absent: a permutation seeded by ``seed``;
     ``subset``: keep this many molecules (quick runs), split in the same proportions;
+    ``train_size``, ``val_size``, ``test_size``: keep the first that many molecules of each
+    part of the split (reduced budgets on the published split; not with ``subset``);
     ``seed``: for the permutation and the subset.
 ``[model]`` options: ``width`` (64), ``steps`` (3), ``edge_hidden`` (128), ``set2set_steps`` (3).
 
@@ -32,7 +34,15 @@ from .model import MPNN, count_parameters
 
 __all__ = ["qm9_problem"]
 
-_DATA = {"cache_dir": None, "split_file": None, "subset": None, "seed": 0}
+_DATA = {
+    "cache_dir": None,
+    "split_file": None,
+    "subset": None,
+    "train_size": None,
+    "val_size": None,
+    "test_size": None,
+    "seed": 0,
+}
 _MODEL = {"width": 64, "steps": 3, "edge_hidden": 128, "set2set_steps": 3}
 
 
@@ -49,11 +59,14 @@ def qm9_problem(*, data: Mapping[str, Any], model: Mapping[str, Any]) -> Problem
     m = _options(model, _MODEL, "model")
     molecules = load_molecules(d["cache_dir"])
     subset = None if d["subset"] in (None, 0, "") else int(d["subset"])
+    limits = [d[f"{part}_size"] for part in ("train", "val", "test")]
+    sizes = None if all(v is None for v in limits) else limits
     splits = make_splits(
         len(molecules),
         split_file=d["split_file"] or None,
         seed=int(d["seed"]),
         subset=subset,
+        sizes=sizes,
         targets=molecules.targets,
     )
     train, val, test = (
@@ -78,6 +91,7 @@ def qm9_problem(*, data: Mapping[str, Any], model: Mapping[str, Any]) -> Problem
         **splits.info,
         "cache": molecules.source,
         "subset": subset,
+        "sizes": sizes,
         "seed": int(d["seed"]),
         "parameters": count_parameters(build()),
         "units": {t: u[1] for t, u in TASKS.items()},

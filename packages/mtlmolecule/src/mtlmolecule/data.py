@@ -224,6 +224,7 @@ def make_splits(
     split_file: str | os.PathLike[str] | None = None,
     seed: int = 0,
     subset: int | None = None,
+    sizes: Sequence[int | None] | None = None,
     targets: Tensor | None = None,
 ) -> Splits:
     """Split ``n`` molecules: from ``split_file`` (a torch-saved int64 permutation; test =
@@ -231,8 +232,10 @@ def make_splits(
     with the same sizes (scaled down for small ``n``: 1/13 test, 1/13 val).
 
     ``subset`` keeps that many molecules, drawn with ``seed`` from the permutation's order and
-    split in the same proportions (for quick runs). ``targets`` (n, T) gives the training
-    split's mean and std (else zeros and ones).
+    split in the same proportions (for quick runs). ``sizes`` = ``(train, val, test)`` instead
+    keeps the first that many molecules of each part (None: all of it), so a reduced run
+    trains on part of the published training set and is tested on published test molecules.
+    ``targets`` (n, T) gives the training split's mean and std (else zeros and ones).
     """
     if split_file is not None:
         path = Path(split_file).expanduser()
@@ -269,6 +272,22 @@ def make_splits(
     test = perm[:test_size]
     val = perm[test_size : test_size + val_size]
     train = perm[test_size + val_size :]
+    if sizes is not None:
+        if subset is not None:
+            raise ValueError("give subset or sizes, not both")
+        if len(sizes) != 3:
+            raise ValueError(f"sizes must be (train, val, test), not {list(sizes)}")
+        parts = {"train": train, "val": val, "test": test}
+        for (name, part), size in zip(list(parts.items()), sizes, strict=True):
+            if size is None:
+                continue
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(part):
+                raise ValueError(
+                    f"{name} size must be an int between 1 and {len(part)} "
+                    f"(the {name} part of {source}), not {size!r}"
+                )
+            parts[name] = part[:size]
+        train, val, test = parts["train"], parts["val"], parts["test"]
     if train.numel() == 0:
         raise ValueError(f"no training molecules left ({perm.numel()} in all)")
     if targets is not None:
