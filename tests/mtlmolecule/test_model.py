@@ -51,10 +51,15 @@ def test_shared_edge_weights_equal_nnconv(tmp_path: Path, width: int) -> None:
     ours = model.encoder(batch)
     theirs = _pyg_forward(reference, conv, batch)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    unshared = copy.deepcopy(model.encoder)
+    unshared.share_edge_weights = False  # recomputes the edge network every round
+    torch.testing.assert_close(unshared(batch), theirs, rtol=1e-12, atol=1e-12)
 
     weight = torch.randn_like(ours)
     (ours * weight).sum().backward()
     (theirs * weight).sum().backward()
+    with pytest.raises(ValueError, match="share_edge_weights must be true or false"):
+        qm9_problem(data={"cache_dir": str(cache)}, model={"share_edge_weights": "no"})
     ours_params = dict(model.encoder.named_parameters())
     assert ours_params.keys() == theirs_params.keys()  # same names: state dicts load either way
     for name, p in ours_params.items():

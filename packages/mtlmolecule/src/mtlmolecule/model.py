@@ -7,7 +7,8 @@ Encoder (PyG ``examples/qm9_nn_conv.py``; LibMTL's QM9 example, which the DB-MTL
 
 The edge attributes do not change between the rounds, so the per-edge ``d × d`` weights of
 the edge network are computed once per forward and reused by the three rounds
-(:class:`SharedEdgeNNConv`); PyG's ``NNConv`` recomputes them in every round. The function
+(:class:`SharedEdgeNNConv`); PyG's ``NNConv`` recomputes them in every round
+(``share_edge_weights=False`` does that too, for comparison). The function
 and its gradients are the same (tested against ``NNConv``); the edge network — the largest
 cost of this model on complete graphs — runs once forward and once backward instead of three
 times.
@@ -61,6 +62,7 @@ class MPNNEncoder(nn.Module):
         edge_hidden: int = 128,
         steps: int = 3,
         set2set_steps: int = 3,
+        share_edge_weights: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("width", width), ("steps", steps), ("edge_hidden", edge_hidden)):
@@ -68,6 +70,7 @@ class MPNNEncoder(nn.Module):
                 raise ValueError(f"MPNN {name} must be a positive int, not {value!r}")
         self.width = width
         self.steps = steps
+        self.share_edge_weights = bool(share_edge_weights)
         self.lin0 = nn.Linear(node_features, width)
         edge_net = nn.Sequential(
             nn.Linear(edge_features, edge_hidden), nn.ReLU(), nn.Linear(edge_hidden, width**2)
@@ -81,7 +84,9 @@ class MPNNEncoder(nn.Module):
         out = F.relu(self.lin0(data.x))
         h = out.unsqueeze(0)
         weights = self.conv.edge_weights(data.edge_attr)  # once for all rounds
-        for _ in range(self.steps):
+        for step in range(self.steps):
+            if step and not self.share_edge_weights:  # PyG's NNConv: again every round
+                weights = self.conv.edge_weights(data.edge_attr)
             m = F.relu(self.conv(out, data.edge_index, weights))
             out, h = self.gru(m.unsqueeze(0), h)
             out = out.squeeze(0)
