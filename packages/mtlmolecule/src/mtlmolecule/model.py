@@ -35,7 +35,7 @@ from .data import NUM_EDGE_FEATURES, NUM_NODE_FEATURES
 __all__ = ["MPNN", "MPNNEncoder", "SharedEdgeNNConv"]
 
 
-class SharedEdgeNNConv(NNConv):  # type: ignore[misc]
+class SharedEdgeNNConv(NNConv):
     """PyG's ``NNConv`` whose ``forward(x, edge_index, weights)`` takes the edge network's
     output (:meth:`edge_weights`) in place of the edge attributes, so several rounds can share
     one evaluation of the edge network. Same constructor, parameters and names as ``NNConv``.
@@ -43,7 +43,7 @@ class SharedEdgeNNConv(NNConv):  # type: ignore[misc]
 
     def edge_weights(self, edge_attr: Tensor) -> Tensor:
         """The edge network's output for ``edge_attr``: ``(E, in_channels · out_channels)``."""
-        return self.nn(edge_attr)  # type: ignore[no-any-return]
+        return self.nn(edge_attr)
 
     def message(self, x_j: Tensor, edge_attr: Tensor) -> Tensor:
         weight = edge_attr.view(-1, self.in_channels_l, self.out_channels)
