@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,27 @@ def test_resume_in_process_matches_uninterrupted(tmp_path: Path) -> None:
     assert got.val == ref.val and got.test == ref.test and got.best_epoch == ref.best_epoch
     for k, v in _params(reference).items():
         assert torch.equal(_params(second)[k], v), k
+
+
+def test_resume_with_a_new_reference_reselects_from_history(tmp_path: Path) -> None:
+    """STL runs trained further between two calls change the reference: the resumed run
+    recomputes every finished epoch's Δp against the new one instead of mixing the two."""
+    old_ref = {"a": {"mae": 0.5}, "b": {"mae": 50.0}}
+    new_ref = {"a": {"mae": 0.01}, "b": {"mae": 500.0}}  # weights the tasks very differently
+    first = P.build(epochs=3, val_reference=old_ref, checkpoint_dir=str(tmp_path))
+    first.fit(*P.loaders())
+    resumed = P.build(epochs=5, val_reference=new_ref, checkpoint_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="different validation reference"):
+        result = resumed.fit(*P.loaders(), resume=True)
+    assert len(result.history) == 5
+    for h in result.history:
+        assert h.val_delta_p == pytest.approx(delta_p(h.val, new_ref, DIRS))
+    assert result.best_epoch == max(result.history, key=lambda h: h.val_delta_p).epoch
+    assert result.selection == "stl"
+    same = P.build(epochs=5, val_reference=new_ref, checkpoint_dir=str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same reference: nothing to say
+        same.fit(*P.loaders(), resume=True)
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:

@@ -410,6 +410,7 @@ class Trainer:
             "history": [asdict(h) for h in self.history],
             "best": copy.deepcopy(self.best),
             "first_val": copy.deepcopy(self.first_val),
+            "val_reference": copy.deepcopy(self.val_reference),
             "bad_epochs": self.bad_epochs,
             "stop": self._stop,
             "loss_scale": {
@@ -449,6 +450,39 @@ class Trainer:
         self._resume_rng = state["rng"]["current"]
         if self.batches_done == 0:  # saved at an epoch boundary: continue from here
             _set_rng_state(self._resume_rng)
+        if "val_reference" in state and state["val_reference"] != self.val_reference:
+            self._reselect()
+
+    def _reselect(self) -> None:
+        """The validation reference changed since the checkpoint (e.g. STL runs trained
+        further): recompute every finished epoch's validation Δp against the current one and
+        pick the best epoch again, so the selection never mixes two references."""
+        import warnings
+
+        directions = self.directions()
+        select_dirs = {t: directions[t] for t in self.select_tasks}
+        against = "stl" if self.val_reference is not None else "first_epoch"
+        reference = self.val_reference if self.val_reference is not None else self.first_val
+        self.best = None
+        for record in self.history:
+            if record.val is None or reference is None:
+                continue
+            record.val_delta_p = delta_p(record.val, reference, select_dirs)
+            if self.best is None or record.val_delta_p > self.best["val_delta_p"]:
+                self.best = {
+                    "epoch": record.epoch,
+                    "val_delta_p": record.val_delta_p,
+                    "against": against,
+                }
+        if self.best is not None:
+            self.bad_epochs = self.history[-1].epoch - self.best["epoch"]
+        warnings.warn(
+            "resuming with a different validation reference than the checkpoint's: the "
+            "selected epoch is picked again from the saved per-epoch validation metrics "
+            f"(now epoch {None if self.best is None else self.best['epoch']}); best_model.pt, "
+            "early stopping and ReduceLROnPlateau before the resume followed the old reference",
+            stacklevel=3,
+        )
 
     def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write :meth:`state_dict` atomically (``checkpoint_dir/last.pt`` by default)."""
