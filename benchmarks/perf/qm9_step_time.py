@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +36,8 @@ for _src in ("packages/mtlbalance/src", "packages/mtlmolecule/src"):
     if str(REPO / _src) not in sys.path:
         sys.path.append(str(REPO / _src))  # installed copies, when present, come first
 
+from _common import command, machine, sync  # noqa: E402
+
 import mtlbalance  # noqa: E402
 from mtlmolecule.convert import TASKS  # noqa: E402
 from mtlmolecule.data import QM9Graphs, load_molecules, make_loader, make_splits  # noqa: E402
@@ -45,11 +45,6 @@ from mtlmolecule.model import MPNN  # noqa: E402
 
 CONFIGS = ("ew", "dbmtl")
 SPLIT = REPO.parent / "shared" / "data" / "qm9" / "random_split.t"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -81,7 +76,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 torch.cuda.reset_peak_memory_stats(device)
             times = []
             for i, batch in enumerate(batches):
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 z, preds = model(batch)
@@ -91,7 +86,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 else:
                     balancer.backward(losses, representation=z)
                 opt.step()
-                _sync(device)
+                sync(device)
                 if i >= args.warmup:
                     times.append(time.perf_counter() - start)
             label = f"{method} ({'edge net once' if shared else 'edge net per round'})"
@@ -131,17 +126,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit in torch_geometric
     device = torch.device(args.device)
     result = measure(args, device)
-    result["command"] = "python " + " ".join([os.path.relpath(__file__), *sys.argv[1:]])
-    result["machine"] = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
-    }
+    result["command"] = command(__file__)
+    result["machine"] = machine(device)
     result["args"] = vars(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import command, machine, sync
 
 import mtlbalance
 from mtlrec.data import synthetic_log, synthetic_log_spec
@@ -37,11 +36,6 @@ CONFIGS = {
     "dbmtl (tables approx)": ("dbmtl", "approx"),
     "dbmtl (tables exact)": ("dbmtl", "exact"),
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _count(source: Any) -> int:
@@ -85,7 +79,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         times = []
         for rep in range(args.warmup + args.repeats):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for batch in batches:
                 _, preds = model(batch.inputs)
@@ -93,7 +87,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 opt.zero_grad(set_to_none=True)
                 balancer.backward(losses)
                 opt.step()
-            _sync(device)
+            sync(device)
             if rep >= args.warmup:
                 times.append(time.perf_counter() - start)
         examples = n_batches * args.batch
@@ -131,17 +125,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     result = measure(args, device)
-    result["command"] = "python " + " ".join([os.path.relpath(__file__), *sys.argv[1:]])
-    result["machine"] = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
-    }
+    result["command"] = command(__file__)
+    result["machine"] = machine(device)
     result["args"] = vars(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = RESULTS / f"rec_throughput-{args.tag}"
