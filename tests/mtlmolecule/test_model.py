@@ -58,11 +58,11 @@ def test_shared_edge_weights_equal_nnconv(tmp_path: Path, width: int) -> None:
     weight = torch.randn_like(ours)
     (ours * weight).sum().backward()
     (theirs * weight).sum().backward()
-    with pytest.raises(ValueError, match="share_edge_weights must be true or false"):
-        qm9_problem(data={"cache_dir": str(cache)}, model={"share_edge_weights": "no"})
     ours_params = dict(model.encoder.named_parameters())
     assert ours_params.keys() == theirs_params.keys()  # same names: state dicts load either way
     for name, p in ours_params.items():
         q = theirs_params[name]
         assert p.grad is not None and q.grad is not None, name
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+    with pytest.raises(ValueError, match="share_edge_weights must be true or false"):
+        qm9_problem(data={"cache_dir": str(cache)}, model={"share_edge_weights": "no"})

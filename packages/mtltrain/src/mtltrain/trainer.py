@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -457,25 +458,11 @@ class Trainer:
         """The validation reference changed since the checkpoint (e.g. STL runs trained
         further): recompute every finished epoch's validation Δp against the current one and
         pick the best epoch again, so the selection never mixes two references."""
-        import warnings
-
-        directions = self.directions()
-        select_dirs = {t: directions[t] for t in self.select_tasks}
-        against = "stl" if self.val_reference is not None else "first_epoch"
-        reference = self.val_reference if self.val_reference is not None else self.first_val
-        self.best = None
-        for record in self.history:
-            if record.val is None or reference is None:
-                continue
-            record.val_delta_p = delta_p(record.val, reference, select_dirs)
-            if self.best is None or record.val_delta_p > self.best["val_delta_p"]:
-                self.best = {
-                    "epoch": record.epoch,
-                    "val_delta_p": record.val_delta_p,
-                    "against": against,
-                }
-        if self.best is not None:
-            self.bad_epochs = self.history[-1].epoch - self.best["epoch"]
+        self.best, self.bad_epochs = None, 0
+        for record in self.history:  # as _evaluate_epoch counts them
+            if record.val is not None:
+                _, improved = self._select(record)
+                self.bad_epochs = 0 if improved else self.bad_epochs + 1
         warnings.warn(
             "resuming with a different validation reference than the checkpoint's: the "
             "selected epoch is picked again from the saved per-epoch validation metrics "
@@ -483,6 +470,22 @@ class Trainer:
             "early stopping and ReduceLROnPlateau before the resume followed the old reference",
             stacklevel=3,
         )
+
+    def _select(self, record: EpochResult) -> tuple[float, bool]:
+        """Set ``record.val_delta_p`` against the selection reference (our STL metrics, else
+        the first epoch's) and make ``record`` the best epoch when it beats it; returns the
+        Δp and whether it did."""
+        assert record.val is not None
+        directions = self.directions()
+        select_dirs = {t: directions[t] for t in self.select_tasks}
+        against = "stl" if self.val_reference is not None else "first_epoch"
+        reference = self.val_reference if self.val_reference is not None else self.first_val
+        assert reference is not None
+        value = record.val_delta_p = delta_p(record.val, reference, select_dirs)
+        if self.best is not None and value <= self.best["val_delta_p"]:
+            return value, False
+        self.best = {"epoch": record.epoch, "val_delta_p": value, "against": against}
+        return value, True
 
     def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write :meth:`state_dict` atomically (``checkpoint_dir/last.pt`` by default)."""
@@ -599,24 +602,17 @@ class Trainer:
             record.val, val_losses = self.evaluate(val, desc="val")
             if self.first_val is None:
                 self.first_val = copy.deepcopy(record.val)
-            against = "stl" if self.val_reference is not None else "first_epoch"
-            reference = self.val_reference if self.val_reference is not None else self.first_val
-            record.val_delta_p = delta_p(record.val, reference, select_dirs)
+            value, improved = self._select(record)
             logged.update(_flat("val", record.val, val_losses))
-            logged["val/delta_p"] = record.val_delta_p
-            if self.best is None or record.val_delta_p > self.best["val_delta_p"]:
-                self.best = {
-                    "epoch": record.epoch,
-                    "val_delta_p": record.val_delta_p,
-                    "against": against,
-                }
+            logged["val/delta_p"] = value
+            if improved:
                 self.bad_epochs = 0
                 if cfg.checkpoint_dir is not None and _rank() == 0:
                     _atomic_save(self.model.state_dict(), Path(cfg.checkpoint_dir) / BEST_MODEL)
             else:
                 self.bad_epochs += 1
             if self._plateau:
-                self.scheduler.step(record.val_delta_p)
+                self.scheduler.step(value)
             if cfg.early_stopping is not None and self.bad_epochs >= cfg.early_stopping:
                 self._stop = True
         if test is not None:
