@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError, atomic_save, load_file
 from .deltap import Directions, Metrics, delta_p
 from .metrics import Metric
 
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = 1
+_CHECKPOINT_KEYS = (
+    "model", "optimizer", "scheduler", "balancer", "epoch", "batches_done", "step", "history",
+    "best", "first_val", "bad_epochs", "stop", "loss_scale", "rng", "tracker_run_id", "config",
+)  # fmt: skip
 LAST_CHECKPOINT = "last.pt"
 BEST_MODEL = "best_model.pt"
 Batch = Any
@@ -494,8 +499,12 @@ class Trainer:
                 raise ValueError("no path given and config.checkpoint_dir is None")
             path = Path(self.config.checkpoint_dir) / LAST_CHECKPOINT
         path = Path(path)
+        if self.tracker is not None:
+            # everything logged so far reaches the spool first: a kill after the checkpoint
+            # loses no logged point (the resumed run continues after it)
+            self.tracker.flush()
         if _rank() == 0:
-            _atomic_save(self.state_dict(), path)
+            atomic_save(self.state_dict(), path)
         return path
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
@@ -608,7 +617,7 @@ class Trainer:
             if improved:
                 self.bad_epochs = 0
                 if cfg.checkpoint_dir is not None and _rank() == 0:
-                    _atomic_save(self.model.state_dict(), Path(cfg.checkpoint_dir) / BEST_MODEL)
+                    atomic_save(self.model.state_dict(), Path(cfg.checkpoint_dir) / BEST_MODEL)
             else:
                 self.bad_epochs += 1
             if self._plateau:
@@ -823,13 +832,21 @@ def _rank() -> int:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain Python values (a checkpoint loads as data only)."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     with contextlib.suppress(ImportError):
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        state["numpy"] = {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
     return state
 
 
@@ -841,26 +858,32 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+        s = state["numpy"]
+        if isinstance(s, Mapping):
+            keys = np.asarray(s["keys"].numpy(), dtype=np.uint32)
+            np.random.set_state((s["kind"], keys, s["pos"], s["has_gauss"], s["cached_gaussian"]))
+        else:  # a checkpoint written before the RNG state was stored as plain values
+            np.random.set_state(s)
 
 
 def _load(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / LAST_CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    # our own checkpoints hold RNG states (NumPy arrays, Python tuples): not weights-only
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_file(path)
     if not isinstance(state, dict) or "format" not in state:
-        raise ValueError(f"{path} is not an mtltrain checkpoint")
+        raise CheckpointError(f"{path} is not an mtltrain checkpoint (no 'format' entry)")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format']!r}, not {CHECKPOINT_FORMAT}: it was "
+            "written by another mtltrain version"
+        )
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {missing}: it is not a complete mtltrain checkpoint (delete it to "
+            "start over)"
+        )
     return state
 
 

@@ -7,7 +7,7 @@ progress in the run's ``synced.json`` after every batch::
 
     {
         "stores": {
-            "<tracking uri>": {
+            "<tracking uri, secrets redacted>": {
                 "run_id": "<mlflow run id>",
                 "experiment_id": "...",
                 "params_lines": 12,
@@ -29,25 +29,32 @@ MLflow run is found again by its ``mtltrain.spool_run_id`` tag.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .spool import TERMINAL_STATUSES, RunSpool, iter_jsonl
+from .spool import TERMINAL_STATUSES, RunSpool, iter_jsonl, metric_record, param_record
 
 __all__ = [
     "SPOOL_RUN_ID_TAG",
     "MlflowSink",
+    "StoreTimeout",
+    "call_with_deadline",
     "default_artifact_location",
     "default_tracking_uri",
     "normalize_tracking_uri",
     "redact_uri",
+    "sqlite_path",
+    "store_key",
 ]
 
 #: MLflow run tag holding the spool's run id (finds the MLflow run again without synced.json).
@@ -95,24 +102,99 @@ def normalize_tracking_uri(uri: str) -> str:
     return uri
 
 
+_SECRET_QUERY = ("password", "passwd", "pwd", "secret", "token", "key", "signature", "sig")
+
+
 def redact_uri(uri: str) -> str:
-    """``uri`` without a password (for messages)."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """``uri`` with its secrets replaced by ``***``: the password of ``user:password@host``
+    and the values of query parameters named like a secret (``password``, ``token``,
+    ``access_key``, ...). Every URI this package prints or writes goes through it."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        password = parts.password
+    except ValueError:  # unparsable (e.g. a bad port): hide everything between // and @
+        head, sep, tail = uri.partition("@")
+        return f"{head.partition('//')[0]}//***@{tail}" if sep else uri
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(any(s in k.lower() for s in _SECRET_QUERY) for k, _ in pairs):
+            query = "&".join(
+                f"{k}=***" if any(s in k.lower() for s in _SECRET_QUERY) else f"{k}={v}"
+                for k, v in pairs
+            )
+    # replace the parts in place (urlunsplit would turn sqlite://// into sqlite://)
+    if netloc != parts.netloc:
+        uri = uri.replace(f"//{parts.netloc}", f"//{netloc}", 1)
+    if query != parts.query:
+        uri = uri.replace(f"?{parts.query}", f"?{query}", 1)
+    return uri
+
+
+def store_key(uri: str) -> str:
+    """How a store is named in a spool's ``synced.json``: its URI without secrets (the same
+    store reached with another password is the same store)."""
+    return redact_uri(normalize_tracking_uri(uri))
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and ``:memory:``)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///") :].partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+# What MLflow says of a SQLite store whose creation was cut off: its tables exist but no
+# schema version was recorded, so it either recreates them or refuses the schema.
+_HALF_CREATED = ("already exists", "found version None")
+
+
+class StoreTimeout(TimeoutError):
+    """A tracking store did not answer within the deadline."""
+
+
+T = TypeVar("T")
+
+
+def call_with_deadline(fn: Callable[[], T], timeout: float, what: str, uri: str) -> T:
+    """``fn()``, or :class:`StoreTimeout` after ``timeout`` seconds.
+
+    MLflow's client retries a stalled server for many minutes; a call that must not hold up
+    training (or a command) runs in a daemon thread and is abandoned at the deadline (it ends
+    with its connection). ``what`` and ``uri`` (redacted) name it in the error."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name=f"mtltrain-store-call-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise StoreTimeout(
+            f"the tracking store {redact_uri(uri)} did not answer within {timeout:g} s ({what})"
+        )
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
     """Artifact location for an experiment this package creates: ``mlartifacts/`` beside a
     SQLite database (MLflow's own client default would be ``./mlruns`` in whatever the working
     directory happens to be); None (the store's default) for every other store."""
-    if tracking_uri.startswith("sqlite:///"):
-        path = tracking_uri[len("sqlite:///") :].partition("?")[0]
-        if path and path != ":memory:":
-            return (Path(path).absolute().parent / "mlartifacts").as_uri()
-    return None
+    db = sqlite_path(tracking_uri)
+    return None if db is None else (db.absolute().parent / "mlartifacts").as_uri()
 
 
 def _import_mlflow_client() -> Any:
@@ -161,6 +243,32 @@ class MlflowSink:
             self._client = _import_mlflow_client()(tracking_uri=self.tracking_uri)
         return self._client
 
+    def prepare(self) -> None:
+        """Make sure a local SQLite store exists with its full schema before anything uses it.
+
+        MLflow creates a missing database on first use and runs its schema migrations over
+        several seconds; a process killed in between leaves a database that fails forever
+        after ("table ... already exists"). Here a missing database is created and migrated
+        under a temporary name beside it, then linked into place only when complete (a link
+        never replaces a database another process created meanwhile). Other stores: nothing
+        to do."""
+        db = sqlite_path(self.tracking_uri)
+        if db is None or db.exists():
+            return
+        db.parent.mkdir(parents=True, exist_ok=True)
+        tmp = db.with_name(f".{db.name}.{uuid.uuid4().hex}.creating")
+        try:
+            client = _import_mlflow_client()(tracking_uri=f"sqlite:///{tmp}")
+            client.search_experiments()  # creates and migrates the schema
+            engine = getattr(getattr(client, "_tracking_client", None), "store", None)
+            with contextlib.suppress(Exception):
+                engine.engine.dispose()  # type: ignore[union-attr]
+            with contextlib.suppress(FileExistsError):  # created by another process meanwhile
+                os.link(tmp, db)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
     def probe(self) -> None:
         """Raise ConnectionError at once if an http(s) tracking server does not answer."""
         parts = urllib.parse.urlsplit(self.tracking_uri)
@@ -202,10 +310,31 @@ class MlflowSink:
         """
         spool = RunSpool.open(run_dir)
         self.probe()
-        client = self.client()
+        self.prepare()
+        try:
+            client = self.client()
+            return self._upload(client, spool, experiment, running_status)
+        except Exception as e:
+            db = sqlite_path(self.tracking_uri)
+            if db is not None and any(sign in str(e) for sign in _HALF_CREATED):
+                raise RuntimeError(
+                    f"the MLflow database {db} is half-created (a process was stopped while "
+                    "MLflow was creating its tables, before mtltrain created stores safely): "
+                    "if it holds no runs you need, move it away or delete it and sync again; "
+                    "the spool keeps every record"
+                ) from e
+            raise
+
+    def _upload(
+        self, client: Any, spool: RunSpool, experiment: str | None, running_status: str | None
+    ) -> str:
         with spool.sync_lock():
             states = spool.read_sync_states()
-            state = states.setdefault(self.tracking_uri, {})
+            key = store_key(self.tracking_uri)
+            if self.tracking_uri in states and key != self.tracking_uri:
+                states[key] = states.pop(self.tracking_uri)  # written before URIs were redacted
+                spool.write_sync_states(states)
+            state = states.setdefault(key, {})
 
             def save() -> None:
                 spool.write_sync_states(states)
@@ -298,17 +427,14 @@ class MlflowSink:
     def _params(client: Any, run_id: str, records: list[Any]) -> None:
         from mlflow.entities import Param
 
-        params = [Param(r["key"], r["value"]) for r in records]
+        params = [Param(r["key"], r["value"]) for r in records]  # checked by param_record
         client.log_batch(run_id, params=params, synchronous=True)
 
     @staticmethod
     def _metrics(client: Any, run_id: str, records: list[Any]) -> None:
         from mlflow.entities import Metric
 
-        metrics = [
-            Metric(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"]))
-            for r in records
-        ]
+        metrics = [Metric(r.key, r.value, r.timestamp, r.step) for r in records]
         client.log_batch(run_id, metrics=metrics, synchronous=True)
 
     @staticmethod
@@ -332,7 +458,8 @@ class MlflowSink:
             )
         batch: list[Any] = []
         end = offset
-        for record, end_offset in iter_jsonl(path, offset, first_line=lines + 1):
+        convert = param_record if kind == "params" else metric_record
+        for record, end_offset in iter_jsonl(path, offset, lines + 1, convert):
             batch.append(record)
             end = end_offset
             if len(batch) == batch_size:

@@ -31,7 +31,8 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,6 +46,8 @@ __all__ = [
     "TERMINAL_STATUSES",
     "MetricRecord",
     "RunSpool",
+    "SpoolWarning",
+    "check_inside",
     "find_runs",
     "iter_jsonl",
     "validate_key",
@@ -81,6 +84,24 @@ class MetricRecord(NamedTuple):
     value: float
     step: int
     timestamp: int  # milliseconds since the epoch
+
+
+def param_record(rec: Any) -> dict[str, str]:
+    """A params.jsonl record, checked (KeyError / TypeError when malformed)."""
+    key, value = rec["key"], rec["value"]
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise TypeError("a param record holds a str key and a str value")
+    return {"key": key, "value": value}
+
+
+def metric_record(rec: Any) -> MetricRecord:
+    """A metrics.jsonl record, checked (KeyError / TypeError / ValueError when malformed)."""
+    key, value, step, ts = rec["key"], rec["value"], rec["step"], rec["timestamp"]
+    if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("a metric record holds a str key and a numeric value")
+    if not isinstance(step, int) or not isinstance(ts, int):
+        raise TypeError("a metric record holds an int step and an int timestamp")
+    return MetricRecord(key, float(value), step, ts)
 
 
 def now_ms() -> int:
@@ -171,11 +192,24 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e}): the spool file is damaged") from e
 
 
-def iter_jsonl(path: Path, offset: int = 0, first_line: int = 1) -> Iterator[tuple[Any, int]]:
+class SpoolWarning(UserWarning):
+    """A spool file has a damaged record (skipped) or was repaired."""
+
+
+def iter_jsonl(
+    path: Path,
+    offset: int = 0,
+    first_line: int = 1,
+    convert: Callable[[Any], Any] | None = None,
+) -> Iterator[tuple[Any, int]]:
     """Yield ``(record, end_offset)`` for each complete line of ``path`` from byte ``offset``.
 
     Stops before an incomplete last line (a line being written, or cut off by a kill), so its
-    bytes are read again next time. ``first_line`` numbers lines for error messages.
+    bytes are read again next time. ``convert`` turns each JSON value into the record yielded
+    (raising ValueError, TypeError or KeyError for a malformed one). A complete line that is not
+    valid JSON or that ``convert`` rejects (damaged by an earlier crash, or by hand) is skipped
+    with a :class:`SpoolWarning` naming the file and line; reading goes on. ``first_line``
+    numbers lines for those messages.
     """
     if not path.exists():
         return
@@ -188,13 +222,30 @@ def iter_jsonl(path: Path, offset: int = 0, first_line: int = 1) -> Iterator[tup
             offset += len(raw)
             try:
                 record = json.loads(raw)
-            except ValueError as e:
-                raise ValueError(
-                    f"{path}, line {lineno}: not a valid JSON record ({e}); the spool file is "
-                    "damaged: repair or delete that line, then sync again"
-                ) from e
-            yield record, offset
+                if convert is not None:
+                    record = convert(record)
+            except (ValueError, TypeError, KeyError) as e:
+                warnings.warn(
+                    f"{path}, line {lineno}: damaged record skipped ({e!r:.120}); the other "
+                    "records of the file are read as usual",
+                    SpoolWarning,
+                    stacklevel=3,
+                )
+            else:
+                yield record, offset
             lineno += 1
+
+
+def check_inside(run_dir: Path, path: Path) -> Path:
+    """``path`` if it lies inside ``run_dir`` once symlinks are resolved; else a ValueError.
+    A spool may come from someone else: nothing in it is followed outside its directory."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(run_dir.resolve()):
+        raise ValueError(
+            f"{path} points outside its run directory {run_dir} (to {resolved}): a spool's "
+            "files must lie inside it; remove the link (nothing was read through it)"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -230,7 +281,7 @@ class RunSpool:
                 f"{str(self.dir)!r} is not a spooled run (it has no {META_FILE}): pass a spool "
                 "root or one run directory inside it"
             )
-        self._meta: dict[str, Any] = _read_json(meta_path)
+        self._meta: dict[str, Any] = _read_json(check_inside(self.dir, meta_path))
         if self._meta.get("format") != SPOOL_FORMAT:
             raise ValueError(
                 f"{meta_path} has spool format {self._meta.get('format')!r}; this mtltrain reads "
@@ -288,6 +339,7 @@ class RunSpool:
         """Continue writing an existing run (a training run resumed from a checkpoint): the run
         goes back to RUNNING, owned by this process; records append after the old ones."""
         spool = cls(run_dir, _writable=True)
+        spool.repair_tails()
         spool._meta.update(
             status="RUNNING", end_time=None, pid=os.getpid(), host=socket.gethostname()
         )
@@ -310,7 +362,7 @@ class RunSpool:
         return json.loads(json.dumps(self._meta))
 
     def reload_meta(self) -> dict[str, Any]:
-        self._meta = _read_json(self.dir / META_FILE)
+        self._meta = _read_json(self._inside(self.dir / META_FILE))
         return self.meta
 
     @property
@@ -340,11 +392,18 @@ class RunSpool:
 
     def _append(self, attr: str, path: Path, lines: list[str]) -> None:
         f = getattr(self, attr)
-        if f is None:
-            f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
-            setattr(self, attr, f)
-        f.write("".join(lines))
-        f.flush()
+        try:
+            if f is None:
+                f = open(self._inside(path), "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+                setattr(self, attr, f)
+            f.write("".join(lines))
+            f.flush()
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"could not append to the spool file {path}: {e.strerror or e} (free disk space; "
+                "a line cut off here is repaired when the run is resumed)",
+            ) from e
 
     def logged_params(self) -> dict[str, str]:
         if self._params is None:
@@ -482,20 +541,33 @@ class RunSpool:
 
     # ---------------------------------------------------------------------------- reading
     def read_params(self) -> dict[str, str]:
-        return {rec["key"]: rec["value"] for rec, _ in iter_jsonl(self.params_path)}
+        records = iter_jsonl(self._inside(self.params_path), convert=param_record)
+        return {rec["key"]: rec["value"] for rec, _ in records}
 
     def read_metrics(self) -> list[MetricRecord]:
         return [
-            MetricRecord(rec["key"], float(rec["value"]), int(rec["step"]), int(rec["timestamp"]))
-            for rec, _ in iter_jsonl(self.metrics_path)
+            rec for rec, _ in iter_jsonl(self._inside(self.metrics_path), convert=metric_record)
         ]
 
+    def _inside(self, path: Path) -> Path:
+        return check_inside(self.dir, path)
+
     def artifact_paths(self) -> list[str]:
-        """Relative POSIX paths of every artifact file, sorted."""
+        """Relative POSIX paths of every artifact file, sorted. Symlinks are not followed out
+        of the run directory: one that points outside it is a ValueError naming it."""
         root = self.artifacts_dir
         if not root.is_dir():
             return []
-        return sorted("/".join(p.relative_to(root).parts) for p in root.rglob("*") if p.is_file())
+        self._inside(root)
+        out = []
+        for folder, dirs, files in os.walk(root, followlinks=False):
+            for name in [*dirs, *files]:
+                path = Path(folder, name)
+                if path.is_symlink():
+                    self._inside(path)
+            out += ["/".join(Path(folder, f).relative_to(root).parts) for f in files]
+            dirs[:] = [d for d in dirs if not Path(folder, d).is_symlink()]
+        return sorted(rel for rel in out if root.joinpath(*rel.split("/")).is_file())
 
     def incomplete_tails(self) -> list[_Tail]:
         """Spool files ending in an incomplete line (cut off by a kill mid-write)."""
@@ -503,11 +575,33 @@ class RunSpool:
         for path in (self.params_path, self.metrics_path):
             if not path.exists():
                 continue
-            with open(path, "rb") as f:
-                data = f.read()
+            with open(self._inside(path), "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                block = min(size, 1 << 16)
+                while True:  # read backwards until a newline (lines are short)
+                    f.seek(size - block)
+                    data = f.read(block)
+                    if b"\n" in data or block == size:
+                        break
+                    block = min(size, block * 4)
             cut = len(data) - (data.rfind(b"\n") + 1)
             if cut:
                 tails.append(_Tail(path, cut))
+        return tails
+
+    def repair_tails(self) -> list[_Tail]:
+        """Cut incomplete last lines (a write cut off by a kill or a full disk) so that
+        appending continues on a clean line; returns what was cut (with a SpoolWarning)."""
+        tails = self.incomplete_tails()
+        for tail in tails:
+            with open(tail.path, "r+b") as f:
+                f.truncate(f.seek(0, os.SEEK_END) - tail.nbytes)
+            warnings.warn(
+                f"{tail.path}: cut an incomplete last line of {tail.nbytes} bytes (written when "
+                "the process was stopped) before appending",
+                SpoolWarning,
+                stacklevel=3,
+            )
         return tails
 
     def last_activity_ms(self) -> int:

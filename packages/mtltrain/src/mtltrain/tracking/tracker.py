@@ -12,6 +12,7 @@ never sees an exception from the store.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .mlflow_sink import MlflowSink, normalize_tracking_uri, redact_uri
+from .mlflow_sink import MlflowSink, normalize_tracking_uri, redact_uri, store_key
 from .spool import (
     DEFAULT_SPOOL_ROOT,
     TERMINAL_STATUSES,
@@ -252,6 +253,11 @@ class Tracker:
                 raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
         uri = None if tracking_uri is None else normalize_tracking_uri(tracking_uri)
         sink = None if uri is None else MlflowSink(uri, artifact_location=artifact_location)
+        if sink is not None:
+            # a new SQLite store is created here, completely, before training can start; any
+            # failure (no mlflow, ...) shows up again in the uploader as one TrackingWarning
+            with contextlib.suppress(Exception):
+                sink.prepare()
         if resume is None:
             self._spool = RunSpool.create(
                 spool_root, experiment=experiment, run_name=run_name, tags=tags
@@ -269,6 +275,13 @@ class Tracker:
                     f"run {resume!r} belongs to experiment {owner!r}, not {experiment!r}"
                 )
             self._spool = RunSpool.reopen(run_dir)
+        # A resumed run retrains the steps between its checkpoint and the kill; what the spool
+        # already holds for them (the same values: resume is exact) is not logged again.
+        self._logged_upto: dict[str, int] = {}
+        if resume is not None:
+            for record in self._spool.read_metrics():
+                if record.step > self._logged_upto.get(record.key, -1):
+                    self._logged_upto[record.key] = record.step
         self._tracking_uri = uri
         self._log_every = log_every
         self._close_timeout = float(close_timeout)
@@ -307,7 +320,7 @@ class Tracker:
         """The run's id in the tracking store, once the upload created it."""
         if self._tracking_uri is None:
             return None
-        state = self._spool.read_sync_states().get(self._tracking_uri, {})
+        state = self._spool.read_sync_states().get(store_key(self._tracking_uri), {})
         run_id = state.get("run_id")
         return None if run_id is None else str(run_id)
 
@@ -470,13 +483,23 @@ class Tracker:
         with self._lock:
             if self._closed:
                 return
+            entries, self._buffer = self._buffer, []
             try:
-                self._flush_buffer()
+                records = _to_records(entries)
             except Exception as e:  # e.g. the device error that ended the run breaks the copy
-                self._buffer.clear()
+                records = []
                 warnings.warn(
                     f"could not copy the last buffered step values to the host ({e!r}); they are "
                     f"missing from run {self.run_id}",
+                    TrackingWarning,
+                    stacklevel=2,
+                )
+            try:
+                self._write_records(records)
+            except OSError as e:
+                warnings.warn(
+                    f"could not write the last {len(records)} step values of run {self.run_id} "
+                    f"to its spool ({e}); they are missing from it",
                     TrackingWarning,
                     stacklevel=2,
                 )
@@ -645,6 +668,9 @@ class Tracker:
             self._nudge()
 
     def _write_records(self, records: list[MetricRecord]) -> None:
+        if self._logged_upto:
+            upto = self._logged_upto
+            records = [r for r in records if r.step > upto.get(r.key, -1)]
         for r in records:
             if not math.isfinite(r.value) and r.key not in self._nonfinite_warned:
                 self._nonfinite_warned.add(r.key)
