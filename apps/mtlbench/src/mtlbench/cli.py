@@ -13,25 +13,27 @@ spool (``./mtlruns-spool``), so nothing is lost when MLflow is missing or down.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 from mtltrain.tracking import DEFAULT_SPOOL_ROOT, default_tracking_uri
+from mtltrain.tracking.mlflow_sink import call_with_deadline, redact_uri
 
 from .report import (
-    NoRunsError,
-    RunRecord,
     build_report,
     collect_runs,
     render_markdown,
     write_report,
 )
-from .spec import Spec, find_spec, list_specs
+from .spec import find_spec, list_specs
 
 __all__ = ["main"]
 
@@ -69,6 +71,13 @@ def _add_store_options(p: argparse.ArgumentParser, *, no_tracking: bool = True) 
     )
     if no_tracking:
         p.add_argument("--no-tracking", action="store_true", help="spool only, no MLflow")
+    p.add_argument(
+        "--store-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the tracking store before going on without it (reads) or "
+        "leaving the records in the spool (uploads) (default: %(default)s)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue runs from their last checkpoint in --out"
     )
     run.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete the runs' earlier checkpoints in --out and start them over",
+    )
+    run.add_argument(
         "--log-every", type=int, default=50, help="per-step values reach the host every N steps"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -155,16 +169,51 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--tracking-uri", default=None, help="default: sqlite:///<spool parent>/mlflow.db"
     )
+    sync.add_argument(
+        "--store-timeout", type=float, default=30.0, help="seconds per request to the store"
+    )
     return parser
+
+
+# What a user's mistake or an unusable file looks like: printed as one line, no traceback.
+_USER_ERRORS = (ValueError, OSError, LookupError, TypeError, ImportError)
+
+
+@contextlib.contextmanager
+def _store_deadlines(seconds: float | None) -> Iterator[None]:
+    """MLflow's HTTP client waits 120 s per request and retries 7 times by default: a stalled
+    server would hold a command for many minutes. Unless the user set them, cap both for the
+    duration of the command."""
+    if seconds is None:
+        yield
+        return
+    if not seconds > 0:
+        raise ValueError(f"--store-timeout must be a positive number of seconds, not {seconds}")
+    caps = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(seconds))),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    }
+    added = [k for k in caps if k not in os.environ]
+    os.environ.update({k: caps[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return int(_COMMANDS[args.command](args) or 0)
-    except (ValueError, FileNotFoundError, NoRunsError, TypeError, ImportError) as e:
-        print(f"mtlbench {args.command}: error: {e}", file=sys.stderr)
+        with _store_deadlines(getattr(args, "store_timeout", None)):
+            return int(_COMMANDS[args.command](args) or 0)
+    except _USER_ERRORS as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"mtlbench {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mtlbench {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -202,27 +251,21 @@ def _run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         device=args.device,
         resume=args.resume,
+        restart=args.restart,
         progress=False if args.quiet else None,
         log_every=args.log_every,
+        store_timeout=args.store_timeout,
     )
-    report = build_report(spec, records + _earlier_stl(records, spec, uri, args.spool))
+    report = build_report(spec, records)
     paths = write_report(report, Path(args.out) / "reports" / spec.name)
     print()
     print(render_markdown(report))
-    where = f"MLflow: {uri} (mtlbench ui)" if uri else f"spool: {args.spool} (mtlbench sync)"
+    if uri:
+        where = f"MLflow: {redact_uri(uri)} (mtlbench ui)"
+    else:
+        where = f"spool: {args.spool} (mtlbench sync)"
     print(f"report: {paths['md']}  |  {where}")
     return 0
-
-
-def _earlier_stl(
-    records: list[RunRecord], spec: Spec, uri: str | None, spool: str
-) -> list[RunRecord]:
-    """STL runs of earlier invocations, when this one trained none (they were its reference)."""
-    if any(r.method == "stl" for r in records):
-        return []
-    from .runner import earlier_stl_runs
-
-    return earlier_stl_runs(spec, uri, spool)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -231,7 +274,15 @@ def _report(args: argparse.Namespace) -> int:
         runs = collect_runs(spec, spool_root=args.spool)
     else:
         uri = args.tracking_uri or default_tracking_uri(args.spool)
-        runs = collect_runs(spec, tracking_uri=uri)
+        try:
+            runs = call_with_deadline(
+                lambda: collect_runs(spec, tracking_uri=uri),
+                args.store_timeout,
+                "reading the runs",
+                uri,
+            )
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}: report from the local spool with --from-spool") from e
     report = build_report(spec, runs)
     out = Path(args.out) if args.out else Path("mtlbench-out") / "reports" / spec.name
     paths = write_report(report, out)
@@ -246,11 +297,42 @@ def _ui(args: argparse.Namespace) -> int:
     if not _mlflow_available() or not Path(exe).exists():
         raise ImportError("the MLflow UI needs mlflow: pip install 'mtlbench[mlflow]'")
     cmd = [exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    print(
+        f"MLflow UI for {redact_uri(uri)} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
+        file=sys.stderr,
+    )
+    # The server and its workers run in their own process group, stopped with it whatever ends
+    # this process: Ctrl-C, SIGTERM (a service manager, `kill`) or SIGHUP (a closed terminal).
+    server = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return subprocess.call(cmd, env=os.environ.copy())
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stop_group(server)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group of ``proc``, SIGKILL if it is not gone in 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            os.killpg(proc.pid, 0)  # workers left in the group?
+        except ProcessLookupError:
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -258,7 +340,7 @@ def _sync(args: argparse.Namespace) -> int:
 
     ids = sync(args.path, args.tracking_uri)
     uri = args.tracking_uri or default_tracking_uri(args.path)
-    print(f"synced {len(ids)} run(s) to {uri}")
+    print(f"synced {len(ids)} run(s) to {redact_uri(uri)}")
     return 0
 
 

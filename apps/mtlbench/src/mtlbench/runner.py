@@ -21,7 +21,7 @@ import torch
 import mtlbalance
 from mtltrain.problem import MultiTaskModel, Problem
 from mtltrain.tracking import Tracker
-from mtltrain.tracking.mlflow_sink import MlflowSink
+from mtltrain.tracking.mlflow_sink import MlflowSink, call_with_deadline, redact_uri
 from mtltrain.trainer import (
     FitResult,
     Trainer,
@@ -30,6 +30,7 @@ from mtltrain.trainer import (
     seed_everything,
 )
 
+from .preflight import check_checkpoints, check_methods, lock_out_dir
 from .report import STL, NoRunsError, RunRecord, collect_runs
 from .spec import Spec
 
@@ -86,54 +87,88 @@ def run_benchmark(
     out_dir: str | Path,
     device: str = "auto",
     resume: bool = False,
+    restart: bool = False,
     progress: bool | None = None,
     log_every: int = 50,
+    store_timeout: float = 30.0,
     echo: Callable[[str], None] = print,
 ) -> list[RunRecord]:
-    """Run STL (when ``stl``) and every method for every seed; return the finished runs.
+    """Run STL (when ``stl``) and every method for every seed; return the finished runs, and
+    the earlier STL runs used as the reference when this call trained none.
+
+    Before anything trains, every method is built with its spec options and takes one step
+    on a tiny problem, and runs that already have a checkpoint in ``out_dir`` are refused
+    unless ``resume`` (continue them) or ``restart`` (delete them and start over) says what to
+    do; one invocation at a time may use ``out_dir``.
 
     Model selection and ``final/test/delta_p`` use our STL runs as the reference when every
     task has one (from this call, or earlier runs of the spec in the same store/spool);
     otherwise selection falls back to each run's first epoch and the test Δp to the spec's
-    published STL row (when it has one).
+    published STL row (when it has one). Store lookups give up after ``store_timeout``
+    seconds (with a warning: the spool keeps everything).
     """
-    dev = resolve_device(device)
-    problem = build_problem(spec)
-    records: list[RunRecord] = []
-    common: dict[str, Any] = {
-        "problem": problem,
-        "tracking_uri": tracking_uri,
-        "spool_root": Path(spool_root),
-        "out_dir": Path(out_dir),
-        "device": dev,
-        "resume": resume,
-        "progress": progress,
-        "log_every": log_every,
-    }
+    if resume and restart:
+        raise ValueError("--resume continues earlier runs, --restart deletes them: pick one")
+    check_methods(spec, [*methods, *([STL] if stl else [])])
+    out_dir = Path(out_dir)
+    planned: list[tuple[str, int, str | None]] = []
     if stl:
-        for seed in seeds:
-            for task in spec.tasks:
-                echo(f"[{spec.name}] stl ({task}), seed {seed}")
-                records.append(run_one(spec, STL, seed, stl_task=task, **common))
-    stl_runs = [r for r in records if r.method == STL] or earlier_stl_runs(
-        spec, tracking_uri, spool_root
+        planned += [(STL, seed, task) for seed in seeds for task in spec.tasks]
+    planned += [(method, seed, None) for seed in seeds for method in methods]
+    check_checkpoints(
+        [checkpoint_path(spec, out_dir, *run) / "last.pt" for run in planned],
+        resume=resume,
+        restart=restart,
     )
-    val_ref, test_ref = stl_references(spec, stl_runs)
-    if val_ref is None and methods:
-        where = "the published STL row" if test_ref is not None else "nothing (no Δp)"
-        echo(
-            f"[{spec.name}] no STL runs cover every task: model selection uses each run's first "
-            f"epoch, test Δp uses {where}; add --stl for our own STL reference"
-        )
-    for seed in seeds:
-        for method in methods:
+    with lock_out_dir(out_dir):
+        dev = resolve_device(device)
+        problem = build_problem(spec)
+        records: list[RunRecord] = []
+        common: dict[str, Any] = {
+            "problem": problem,
+            "tracking_uri": tracking_uri,
+            "spool_root": Path(spool_root),
+            "out_dir": out_dir,
+            "device": dev,
+            "resume": resume,
+            "restart": restart,
+            "progress": progress,
+            "log_every": log_every,
+        }
+        for method, seed, task in planned:
+            if method != STL:
+                continue
+            echo(f"[{spec.name}] stl ({task}), seed {seed}")
+            records.append(run_one(spec, STL, seed, stl_task=task, **common))
+        earlier: list[RunRecord] = []
+        if not records:
+            earlier = earlier_stl_runs(spec, tracking_uri, spool_root, timeout=store_timeout)
+        val_ref, test_ref = stl_references(spec, records or earlier)
+        if val_ref is None and methods:
+            where = "the published STL row" if test_ref is not None else "nothing (no Δp)"
+            echo(
+                f"[{spec.name}] no STL runs cover every task: model selection uses each run's "
+                f"first epoch, test Δp uses {where}; add --stl for our own STL reference"
+            )
+        for method, seed, _ in planned:
+            if method == STL:
+                continue
             echo(f"[{spec.name}] {method}, seed {seed}")
             records.append(
                 run_one(
                     spec, method, seed, val_reference=val_ref, test_reference=test_ref, **common
                 )
             )
-    return records
+    return records + earlier
+
+
+def checkpoint_path(spec: Spec, out_dir: Path, method: str, seed: int, task: str | None) -> Path:
+    """Where one run of ``spec`` keeps its checkpoints under ``out_dir``."""
+    return out_dir / "checkpoints" / spec.name / _run_name(method, seed, task).replace("+", "_")
+
+
+def _run_name(method: str, seed: int, task: str | None) -> str:
+    return f"{method}-seed{seed}" + (f"-{task}" if task else "")
 
 
 def stl_references(spec: Spec, stl_runs: Sequence[RunRecord]) -> tuple[Table | None, Table | None]:
@@ -160,26 +195,30 @@ def stl_references(spec: Spec, stl_runs: Sequence[RunRecord]) -> tuple[Table | N
 
 
 def earlier_stl_runs(
-    spec: Spec, tracking_uri: str | None, spool_root: str | Path
+    spec: Spec, tracking_uri: str | None, spool_root: str | Path, *, timeout: float = 30.0
 ) -> list[RunRecord]:
     """FINISHED STL runs of ``spec`` from earlier invocations: from the local spool, else from
-    the tracking store (runs synced there from elsewhere). A store that cannot be read is
-    reported and skipped: it only means no earlier reference."""
+    the tracking store (runs synced there from elsewhere). A store that cannot be read within
+    ``timeout`` seconds is reported and skipped: it only means no earlier reference."""
     runs: list[RunRecord] = []
     with contextlib.suppress(NoRunsError):
         runs = collect_runs(spec, spool_root=spool_root)
     stl = [r for r in runs if r.method == STL and r.status == "FINISHED"]
     if stl or tracking_uri is None:
         return stl
+
+    def lookup() -> list[RunRecord]:
+        MlflowSink(tracking_uri).probe()  # a server that is down: one failed connect
+        return collect_runs(spec, tracking_uri=tracking_uri)
+
     try:
-        MlflowSink(tracking_uri).probe()  # a server that is down: one failed connect, no retries
-        runs = collect_runs(spec, tracking_uri=tracking_uri)
+        runs = call_with_deadline(lookup, timeout, "looking up earlier STL runs", tracking_uri)
     except NoRunsError:
         return []
-    except Exception as e:  # an unreachable or broken store must not stop training
+    except Exception as e:  # an unreachable, stalled or broken store must not stop training
         warnings.warn(
-            f"could not look up earlier STL runs in {tracking_uri} ({type(e).__name__}: {e}); "
-            f"going on without them",
+            f"could not look up earlier STL runs in {redact_uri(tracking_uri)} "
+            f"({type(e).__name__}: {e}); going on without them",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -201,21 +240,28 @@ def run_one(
     val_reference: Table | None = None,
     test_reference: Table | None = None,
     resume: bool = False,
+    restart: bool = False,
     progress: bool | None = None,
     log_every: int = 50,
 ) -> RunRecord:
-    """Train one (method, seed[, STL task]) run of ``spec`` and return its record."""
+    """Train one (method, seed[, STL task]) run of ``spec`` and return its record.
+
+    An earlier checkpoint of the run is continued with ``resume``, deleted with ``restart``,
+    and otherwise an error (never silently overwritten)."""
     train = spec.train
-    run_name = f"{method}-seed{seed}" + (f"-{stl_task}" if stl_task else "")
-    ckpt_dir = out_dir / "checkpoints" / spec.name / run_name.replace("+", "_")
+    run_name = _run_name(method, seed, stl_task)
+    ckpt_dir = checkpoint_path(spec, out_dir, method, seed, stl_task)
     last = ckpt_dir / "last.pt"
     resume_id = None
-    if resume and last.is_file():
-        resume_id = load_checkpoint_info(last)["tracker_run_id"]
-        if resume_id is not None and not (spool_root / resume_id).is_dir():
-            resume_id = None  # the spool went elsewhere: continue the training, new tracked run
-    elif last.is_file():
-        last.unlink()  # a fresh run must not pick up an old one's state
+    if last.is_file():
+        check_checkpoints([last], resume=resume, restart=restart)
+        if resume:
+            resume_id = load_checkpoint_info(last)["tracker_run_id"]
+            if resume_id is not None and not (spool_root / resume_id).is_dir():
+                resume_id = None  # the spool went elsewhere: continue training, new tracked run
+        else:
+            for name in ("last.pt", "best_model.pt"):  # --restart: start over, as asked
+                (ckpt_dir / name).unlink(missing_ok=True)
 
     seed_everything(seed)
     model = problem.make_model().to(device)

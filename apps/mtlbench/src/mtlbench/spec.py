@@ -1,8 +1,10 @@
 """Benchmark specs: one TOML file per benchmark under ``benchmarks/specs/``.
 
-A spec is data, not code: the problem builder to call (``"module:function"``) with its data
-and model options, the training budget, every task's metrics with their directions, the
-methods to run by default, and the paper's published table for that data set. Example::
+A spec is data, except for one line: the problem builder to call (``"module:function"``),
+which is imported and run with the spec's data and model options. So a spec is as trusted as
+a script: run only specs you would run as code. The rest is the training budget, every task's
+metrics with their directions, the methods to run by default, and the paper's published table
+for that data set. Example::
 
     name = "synthetic-hetero"
     description = "three tasks with losses of very different scales"
@@ -208,7 +210,12 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
     """Read and validate one spec file; errors name the file and the offending key."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start : e.start + 1]!r}): "
+            "save the spec as UTF-8"
+        ) from e
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from e
     return parse_spec(raw, path=path)
@@ -303,21 +310,53 @@ def _train(raw: Mapping[str, Any], where: str) -> TrainSpec:
         value = getattr(spec, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{where}: train.{key} must be a positive integer, not {value!r}")
-    if not (isinstance(spec.lr, int | float) and math.isfinite(spec.lr) and spec.lr > 0):
+    for key in ("eval_batch_size", "early_stopping"):
+        value = getattr(spec, key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(
+                f"{where}: train.{key} must be a positive integer (or left out), not {value!r}"
+            )
+    if not (_number(spec.lr) and math.isfinite(spec.lr) and spec.lr > 0):
         raise ValueError(f"{where}: train.lr must be a positive number, not {spec.lr!r}")
-    if spec.optimizer not in _OPTIMIZERS:
-        raise ValueError(f"{where}: train.optimizer must be one of {_OPTIMIZERS}")
-    if spec.precision not in _PRECISIONS:
-        raise ValueError(f"{where}: train.precision must be one of {_PRECISIONS}")
-    if spec.selection not in _SELECTIONS:
-        raise ValueError(f"{where}: train.selection must be one of {_SELECTIONS}")
+    for key in ("weight_decay", "momentum"):
+        value = getattr(spec, key)
+        if not (_number(value) and math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"{where}: train.{key} must be a number >= 0 (without quotes), not {value!r}"
+            )
+    for key, allowed in (
+        ("optimizer", _OPTIMIZERS),
+        ("precision", _PRECISIONS),
+        ("selection", _SELECTIONS),
+    ):
+        if getattr(spec, key) not in allowed:
+            raise ValueError(
+                f"{where}: train.{key} must be one of {allowed}, not {getattr(spec, key)!r}"
+            )
     if spec.scheduler is not None:
         kind = spec.scheduler.get("type") if isinstance(spec.scheduler, dict) else None
         if kind not in _SCHEDULERS:
             raise ValueError(
                 f"{where}: train.scheduler needs type = one of {_SCHEDULERS}, not {kind!r}"
             )
+        assert isinstance(spec.scheduler, dict)
+        for key, value in spec.scheduler.items():
+            if key != "type" and isinstance(value, str):
+                raise ValueError(
+                    f"{where}: train.scheduler.{key} = {value!r} is a string; write the number "
+                    "without quotes"
+                )
     return spec
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _paper(raw: Any, tasks: Mapping[str, Mapping[str, bool]], where: str) -> PaperTable | None:
