@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from mtltrain.metrics import MeanError
 from mtltrain.problem import Problem
-from mtltrain.trainer import Task
+from mtltrain.task import Task
 
 from .convert import TASKS
 from .data import QM9Graphs, load_molecules, make_loader, make_splits, unpack

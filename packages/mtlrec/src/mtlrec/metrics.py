@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtltrain.metrics import Collect, MeanError, Metric
-from mtltrain.trainer import Task
+from mtltrain.task import Task
 
 from .models.base import TASK_KINDS
 

@@ -27,20 +27,38 @@ import hashlib
 import io
 import os
 import pickle
+import random
 import shutil
 import struct
 import uuid
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 __all__ = [
+    "BEST_MODEL",
+    "CHECKPOINT_FORMAT",
+    "LAST_CHECKPOINT",
     "CheckpointError",
     "atomic_save",
+    "load_checkpoint_info",
     "load_file",
+    "load_trainer_state",
+    "rng_state",
+    "set_rng_state",
 ]
+
+#: version of the trainer's checkpoint layout (the keys of ``Trainer.state_dict``)
+CHECKPOINT_FORMAT = 1
+LAST_CHECKPOINT = "last.pt"
+BEST_MODEL = "best_model.pt"
+TRAINER_KEYS = (
+    "model", "optimizer", "scheduler", "balancer", "epoch", "batches_done", "step", "history",
+    "best", "first_val", "bad_epochs", "stop", "loss_scale", "rng", "tracker_run_id", "config",
+)  # fmt: skip
 
 MAGIC = b"MTLCKPT1"
 _TRAILER = struct.Struct("<8sQ32s")  # magic, payload length, sha256 digest
@@ -169,3 +187,69 @@ def load_file(path: str | os.PathLike[str]) -> Any:
             f"{str(e).strip()[:200]}); it is damaged or not a checkpoint: resume from another "
             "copy, or delete it to start over"
         ) from e
+
+
+def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A trainer checkpoint (``path``: the file or its directory), checked to hold every
+    entry :meth:`Trainer.load_state_dict` needs."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST_CHECKPOINT
+    state = load_file(path)
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path} is not an mtltrain checkpoint (no 'format' entry)")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format']!r}, not {CHECKPOINT_FORMAT}: it was "
+            "written by another mtltrain version"
+        )
+    missing = [k for k in TRAINER_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {missing}: it is not a complete mtltrain checkpoint (delete it to "
+            "start over)"
+        )
+    return state
+
+
+def load_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The bookkeeping part of a checkpoint (epoch, step, tracker run id, config), e.g. to
+    reopen the tracked run before resuming. ``path``: a checkpoint file or directory."""
+    ckpt = load_trainer_state(path)
+    return {k: ckpt[k] for k in ("epoch", "batches_done", "step", "tracker_run_id", "config")}
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain Python values (a checkpoint loads as data only)."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        state["numpy"] = {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (or what a checkpoint before it held)."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        s = state["numpy"]
+        if isinstance(s, Mapping):
+            keys = np.asarray(s["keys"].numpy(), dtype=np.uint32)
+            np.random.set_state((s["kind"], keys, s["pos"], s["has_gauss"], s["cached_gaussian"]))
+        else:  # a checkpoint written before the RNG state was stored as plain values
+            np.random.set_state(s)

@@ -16,7 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
-from .trainer import Task, Unpack
+from .task import Task
+from .trainer import Unpack
 
 __all__ = ["MultiTaskModel", "Problem"]
 

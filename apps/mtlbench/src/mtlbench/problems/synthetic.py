@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mtltrain.data import TensorLoader
 from mtltrain.metrics import Collect, MeanError
 from mtltrain.problem import Problem
-from mtltrain.trainer import Task
+from mtltrain.task import Task
 
 __all__ = ["SharedBottom", "build"]
 
