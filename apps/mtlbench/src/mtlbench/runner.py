@@ -19,13 +19,12 @@ from typing import Any
 import torch
 
 import mtlbalance
-from mtltrain.problem import MultiTaskModel, Problem
+from mtltrain.problem import Problem
 from mtltrain.tracking import Tracker
 from mtltrain.tracking.mlflow_sink import MlflowSink, call_with_deadline, redact_uri
 from mtltrain.trainer import (
     FitResult,
     Trainer,
-    TrainerConfig,
     load_checkpoint_info,
     seed_everything,
 )
@@ -265,26 +264,13 @@ def run_one(
 
     seed_everything(seed)
     model = problem.make_model().to(device)
-    if not isinstance(model, MultiTaskModel):
-        raise TypeError(
-            f"{spec.problem}'s model {type(model).__name__} must define shared_parameters() and "
-            f"task_parameters() (mtltrain.problem.MultiTaskModel)"
-        )
+    params = problem.balancer_parameters(model)
     options = spec.options_for(method)
     if method == STL:
         options["task"] = stl_task
-    shared: Any = model.shared_parameters()
-    if problem.balance_tables == "approx":
-        tables = getattr(model, "embedding_parameters", None)
-        dense = getattr(model, "dense_shared_parameters", None)
-        if tables is None or dense is None:
-            raise TypeError(
-                f"{spec.problem} asks for approximate table balancing, but "
-                f"{type(model).__name__} has no embedding_parameters()/dense_shared_parameters()"
-            )
-        shared = dense()
-        options["tables"] = tables()
-    balancer = mtlbalance.make(method, shared, model.task_parameters(), **options)
+    if params.tables is not None:
+        options["tables"] = params.tables
+    balancer = mtlbalance.make(method, params.shared, params.tasks, **options)
     optimizer = _optimizer(spec, [*model.parameters(), *balancer.parameters()])
     scheduler = _scheduler(spec, optimizer)
     tags = {"mtlbench.spec": spec.name, "mtlbench.method": method, "mtlbench.seed": str(seed)}
@@ -319,12 +305,8 @@ def run_one(
             problem.tasks,
             balancer,
             optimizer,
-            config=TrainerConfig(
-                epochs=train.epochs,
-                accumulate=train.accumulate,
-                precision=train.precision,
-                selection=train.selection,
-                early_stopping=train.early_stopping,
+            config=dataclasses.replace(
+                train.trainer,
                 checkpoint_dir=str(ckpt_dir),
                 seed=seed,
                 progress=progress,
@@ -406,4 +388,5 @@ def with_epochs(spec: Spec, epochs: int | None) -> Spec:
     """The spec with its epoch budget replaced (``mtlbench run --epochs``)."""
     if epochs is None:
         return spec
-    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=epochs))
+    trainer = dataclasses.replace(spec.train.trainer, epochs=epochs)
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, trainer=trainer))

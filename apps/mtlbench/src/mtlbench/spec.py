@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtltrain.config import TrainerConfig
+
 __all__ = [
     "PaperTable",
     "Spec",
@@ -59,31 +61,37 @@ __all__ = [
 
 SPECS_ENV = "MTLBENCH_SPECS"
 _DIRECTIONS = {"higher": True, "lower": False}
-_PRECISIONS = ("fp32", "bf16", "fp16")
-_SELECTIONS = ("val_delta_p", "last")
+#: the [train] keys that go to the trainer's config (the others are mtlbench's own)
+TRAINER_KEYS = ("epochs", "accumulate", "precision", "selection", "early_stopping")
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULERS = ("plateau", "step", "cosine")
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """The training budget and optimisation settings of a benchmark."""
+    """The training budget and optimisation settings of a benchmark: ``trainer`` holds what
+    :class:`mtltrain.config.TrainerConfig` takes from a spec (``epochs``, ``accumulate``,
+    ``precision``, ``selection``, ``early_stopping``; validated there), the rest is how
+    ``mtlbench`` builds batches, the optimizer and the scheduler."""
 
-    epochs: int
+    trainer: TrainerConfig
     batch_size: int
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9
     scheduler: dict[str, Any] | None = None
-    accumulate: int = 1
-    precision: str = "fp32"
-    selection: str = "val_delta_p"
-    early_stopping: int | None = None
     eval_batch_size: int | None = None
 
+    @property
+    def epochs(self) -> int:
+        return self.trainer.epochs
+
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """The ``[train]`` table as written in a spec (flat)."""
+        out = {k: getattr(self.trainer, k) for k in TRAINER_KEYS}
+        out.update({k: getattr(self, k) for k in self.__dataclass_fields__ if k != "trainer"})
+        return out
 
 
 @dataclass(frozen=True)
@@ -298,26 +306,28 @@ def _tasks(raw: Any, where: str) -> dict[str, dict[str, bool]]:
 
 
 def _train(raw: Mapping[str, Any], where: str) -> TrainSpec:
-    fields = set(TrainSpec.__dataclass_fields__)
-    unknown = sorted(set(raw) - fields)
+    own = set(TrainSpec.__dataclass_fields__) - {"trainer"}
+    unknown = sorted(set(raw) - own - set(TRAINER_KEYS))
     if unknown:
-        raise ValueError(f"{where}: unknown [train] keys {unknown}; allowed: {sorted(fields)}")
+        allowed = sorted(own | set(TRAINER_KEYS))
+        raise ValueError(f"{where}: unknown [train] keys {unknown}; allowed: {allowed}")
     for key in ("epochs", "batch_size"):
         if key not in raw:
             raise ValueError(f"{where}: [train] needs {key!r}")
-    spec = TrainSpec(**raw)
-    for key in ("epochs", "batch_size", "accumulate"):
-        value = getattr(spec, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{where}: train.{key} must be a positive integer, not {value!r}")
-    for key in ("eval_batch_size", "early_stopping"):
-        value = getattr(spec, key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(
-                f"{where}: train.{key} must be a positive integer (or left out), not {value!r}"
-            )
+    try:  # the trainer's settings are validated by the trainer's own config
+        trainer = TrainerConfig(**{k: v for k, v in raw.items() if k in TRAINER_KEYS})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: [train] {e}") from e
+    spec = TrainSpec(trainer=trainer, **{k: v for k, v in raw.items() if k in own})
+    if not _positive_int(spec.batch_size):
+        raise ValueError(
+            f"{where}: train.batch_size must be a positive integer, not {spec.batch_size!r}"
+        )
+    if spec.eval_batch_size is not None and not _positive_int(spec.eval_batch_size):
+        raise ValueError(
+            f"{where}: train.eval_batch_size must be a positive integer (or left out), not "
+            f"{spec.eval_batch_size!r}"
+        )
     if not (_number(spec.lr) and math.isfinite(spec.lr) and spec.lr > 0):
         raise ValueError(f"{where}: train.lr must be a positive number, not {spec.lr!r}")
     for key in ("weight_decay", "momentum"):
@@ -326,15 +336,10 @@ def _train(raw: Mapping[str, Any], where: str) -> TrainSpec:
             raise ValueError(
                 f"{where}: train.{key} must be a number >= 0 (without quotes), not {value!r}"
             )
-    for key, allowed in (
-        ("optimizer", _OPTIMIZERS),
-        ("precision", _PRECISIONS),
-        ("selection", _SELECTIONS),
-    ):
-        if getattr(spec, key) not in allowed:
-            raise ValueError(
-                f"{where}: train.{key} must be one of {allowed}, not {getattr(spec, key)!r}"
-            )
+    if spec.optimizer not in _OPTIMIZERS:
+        raise ValueError(
+            f"{where}: train.optimizer must be one of {_OPTIMIZERS}, not {spec.optimizer!r}"
+        )
     if spec.scheduler is not None:
         kind = spec.scheduler.get("type") if isinstance(spec.scheduler, dict) else None
         if kind not in _SCHEDULERS:

@@ -19,16 +19,39 @@ from torch import nn
 from .task import Task
 from .trainer import Unpack
 
-__all__ = ["MultiTaskModel", "Problem"]
+__all__ = ["BalancerParameters", "MultiTaskModel", "Problem", "TableModel"]
+
+Params = Iterable[nn.Parameter] | nn.Module
 
 
 @runtime_checkable
 class MultiTaskModel(Protocol):
     """A model that names its shared and task-specific parameters."""
 
-    def shared_parameters(self) -> Iterable[nn.Parameter] | nn.Module: ...
+    def shared_parameters(self) -> Params: ...
 
-    def task_parameters(self) -> Mapping[str, Iterable[nn.Parameter] | nn.Module]: ...
+    def task_parameters(self) -> Mapping[str, Params]: ...
+
+
+@runtime_checkable
+class TableModel(MultiTaskModel, Protocol):
+    """A model whose shared parameters are embedding tables and dense shared layers (recsys):
+    ``shared_parameters()`` is both; the split lets the tables be balanced approximately
+    (``Balancer(tables=...)``) while the dense part gets exact per-task gradients."""
+
+    def embedding_parameters(self) -> Params: ...
+
+    def dense_shared_parameters(self) -> Params: ...
+
+
+@dataclass(frozen=True)
+class BalancerParameters:
+    """What a balancer is built over: ``mtlbalance.make(method, shared, tasks, tables=...)``
+    (``tables`` None: every shared parameter is in the exact per-task gradient matrix)."""
+
+    shared: Params
+    tasks: Mapping[str, Params]
+    tables: Params | None = None
 
 
 Loader = Callable[[Any, int, bool], Iterable[Any]]
@@ -64,3 +87,30 @@ class Problem:
     unpack: Unpack | None = None
     info: dict[str, Any] = field(default_factory=dict)
     balance_tables: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.balance_tables not in ("exact", "approx"):
+            raise ValueError(
+                f"balance_tables must be 'exact' or 'approx', not {self.balance_tables!r}"
+            )
+
+    def balancer_parameters(self, model: nn.Module) -> BalancerParameters:
+        """How ``model``'s parameters split for the balancer under ``balance_tables``."""
+        if not isinstance(model, MultiTaskModel):
+            raise TypeError(
+                f"the model {type(model).__name__} must define shared_parameters() and "
+                "task_parameters() (mtltrain.problem.MultiTaskModel)"
+            )
+        if self.balance_tables == "exact":
+            return BalancerParameters(model.shared_parameters(), model.task_parameters())
+        if not isinstance(model, TableModel):
+            raise TypeError(
+                f"approximate table balancing needs a model with embedding_parameters() and "
+                f"dense_shared_parameters() (mtltrain.problem.TableModel); "
+                f"{type(model).__name__} has not"
+            )
+        return BalancerParameters(
+            model.dense_shared_parameters(),
+            model.task_parameters(),
+            tables=model.embedding_parameters(),
+        )
