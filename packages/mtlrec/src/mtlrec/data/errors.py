@@ -117,14 +117,3 @@ class DataError(ValueError):
         if self.fix:
             out += f". {self.fix}"
         return " ".join(out.split("\n"))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        state = dict(self.__dict__)
-        return (_rebuild, (type(self), state))
-
-
-def _rebuild(cls: type[DataError], state: dict[str, Any]) -> DataError:
-    err = cls.__new__(cls)
-    err.__dict__.update(state)
-    ValueError.__init__(err, err._message())
-    return err
