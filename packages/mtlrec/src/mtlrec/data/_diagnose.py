@@ -133,7 +133,10 @@ def reading(
     except _PASS_THROUGH:
         raise
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, OSError) as e:
-        files = list(paths) if isinstance(paths, Sequence) else frame_paths(paths, source)
+        if isinstance(paths, pl.LazyFrame | pl.DataFrame):
+            files = frame_paths(paths, source)
+        else:
+            files = list(paths)
         raise translate(e, files, source) from e
 
 
@@ -391,7 +394,12 @@ class _CsvChecker:
         if self.expected is None:  # headerless, no names given: the first record decides
             self.expected = n
         if n > self.expected:
-            has = "the header has" if self.fmt.has_header else "earlier lines have"
+            if self.fmt.has_header:
+                has = "the header has"
+            elif self.fmt.columns:
+                has = "the format has"
+            else:
+                has = "the first line has"
             return DataError(
                 f"{n} fields where {has} {self.expected} (separator {self.fmt.separator!r})",
                 column=self._col(self.expected),
