@@ -29,11 +29,14 @@ from mtlrec.data import (
     SparseFeature,
     census_income,
     iter_batches,
+    read_ali_ccp_csv,
     read_ali_ccp_esmm,
+    read_aliexpress,
     read_criteo,
     read_table,
     split_frame,
 )
+from mtlrec.data._diagnose import diagnose
 
 SPEC = FeatureSpec(
     sparse=[SparseFeature("user")],
@@ -307,3 +310,27 @@ def test_rows_agree_with_polars_on_a_tricky_valid_prefix(tmp_path: Path) -> None
     path.write_text(good + "u7,7.5,1,extra\r\n", newline="")
     err = _raises(lambda: SPEC.fit(read_table(path, SPEC).frame))
     assert (err.row, err.line) == (n_rows + 1, n_lines + 1) == (7, 9)
+
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "formats").is_dir(), reason=f"no sample files at {DATA}")
+def test_checker_finds_nothing_in_the_real_files() -> None:
+    """No false alarm on the real formats: the checker (error path) passes every real file
+    as it was scanned by its reader."""
+    formats = DATA / "formats"
+    files = {
+        formats / "criteo_sample.txt": read_criteo,
+        formats / "ali-ccp" / "aliccp_esmm_small.txt": read_ali_ccp_esmm,
+        **{p: read_aliexpress for p in (formats / "aliexpress").glob("*.csv")},
+        **{p: read_ali_ccp_csv for p in (formats / "ali-ccp").glob("*.csv")},
+    }
+    census = DATA / "census-income" / "census-income.test.gz"
+    assert len(files) == 7
+    for path, reader in files.items():
+        reader(path)
+        assert diagnose(str(path)) is None, path
+    if census.is_file():
+        census_income(census)
+        assert diagnose(str(census)) is None
