@@ -137,23 +137,23 @@ def reading(
             files = frame_paths(paths, source)
         else:
             files = list(paths)
-        raise translate(e, files, source) from e
+        if not files:  # data not read from a file (or from one we cannot name): not ours
+            raise
+        raise translate(e, files) from e
 
 
-def translate(exc: BaseException, paths: Sequence[str], source: str | None = None) -> DataError:
+def translate(exc: BaseException, paths: Sequence[str]) -> DataError:
     """The :class:`DataError` for a failed read of ``paths``: the first malformed record
     found in them, else a message naming the file(s) and the kind of failure."""
     for p in paths:
         found = diagnose(p)
         if found is not None:
             return found
-    where = ", ".join(paths) if paths else source
     return DataError(
-        f"could not be read ({type(exc).__name__}: {_sanitize(exc)}); no malformed line was "
-        "found by mtlrec's check of the file",
-        path=where,
-        fix="Check that the file is complete and in the expected format"
-        + ("" if paths else " (pass source=<path> to name the file)"),
+        f"could not be read ({type(exc).__name__}: {_sanitize(exc)}); mtlrec's check of the "
+        "file found no malformed record to name",
+        path=", ".join(paths),
+        fix="Check that the file is complete and in the expected format",
     )
 
 
