@@ -237,7 +237,9 @@ class FeatureSpec:
         """Learn vocabularies and normalisation from ``data`` (the training split only).
 
         Works on a LazyFrame without collecting it: only value counts and column statistics
-        are materialised. ``source`` (a file name) goes into error messages.
+        are materialised, after one pass that parses every column (so a malformed file fails
+        here, as a :class:`DataError` naming its line). ``source`` names the file in errors
+        when ``data`` has no origin columns (see :mod:`mtlrec.data.errors`).
         """
         with reading(data, source):
             return self._fit(data.lazy(), source)
@@ -532,8 +534,10 @@ class FittedFeatures:
 
         Args:
             data: a frame with the spec's feature columns (and label columns if ``labels``).
-            source: file name for error messages.
-            row_offset: added to row numbers in error messages (for batches of a file).
+            source: the file named in errors when ``data`` has no origin columns (rows read
+                by this package's readers name their own file and data row).
+            row_offset: for data without origin columns: rows already read before ``data``
+                (error rows are ``row_offset + i + 1``, for batches of a file).
             labels: read the label columns (``False`` at serving time: labels come back empty).
         """
         if isinstance(data, pl.LazyFrame):
