@@ -8,11 +8,16 @@
 - Generators: :func:`mmoe_synthetic`, :func:`synthetic_log`.
 - Loaders: :class:`RecLoader` (in memory), :func:`iter_batches` / :class:`LazyLoader`
   (streamed from a file).
+- Errors: every problem in the data is a :class:`DataError` naming the file, the line and/or
+  data row and the column (:mod:`mtlrec.data.errors`); rows are counted in the file, also
+  after splitting or shuffling (the readers' origin columns :data:`ORIGIN_FILE`,
+  :data:`ORIGIN_ROW`).
 """
 
 from __future__ import annotations
 
 from .batch import Jagged, RecBatch, RecInputs
+from .errors import ORIGIN_COLUMNS, ORIGIN_FILE, ORIGIN_ROW
 from .loader import LazyLoader, RecLoader, iter_batches, make_loader
 from .readers import (
     ALI_CCP_ESMM_FIELDS,
@@ -52,6 +57,9 @@ __all__ = [
     "CENSUS_COLUMNS",
     "CENSUS_DENSE",
     "NULL_TOKEN",
+    "ORIGIN_COLUMNS",
+    "ORIGIN_FILE",
+    "ORIGIN_ROW",
     "DataError",
     "DenseFeature",
     "FeatureSpec",

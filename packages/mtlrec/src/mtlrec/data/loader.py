@@ -10,7 +10,9 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from ._diagnose import reading, scan_paths
 from .batch import RecBatch, RecInputs
+from .errors import ORIGIN_FILE
 from .spec import FittedFeatures
 
 __all__ = ["LazyLoader", "RecLoader", "iter_batches", "make_loader"]
@@ -74,14 +76,26 @@ def iter_batches(
     ``batch_size`` rows, in file order, never collecting the whole frame.
 
     Uses polars' streaming engine (``LazyFrame.collect_batches``) and cuts its chunks into
-    exact batches; at most one chunk plus one batch is held at a time. Errors name ``source``
-    and the row number in the whole file.
+    exact batches; at most one chunk plus one batch is held at a time.
+
+    Errors are :class:`~mtlrec.data.errors.DataError` s naming the file and its data row: the
+    row the origin columns of this package's readers give (right after a ``filter`` too), else
+    the position in the stream, counted in ``source``. A file polars cannot parse is checked
+    then (the error path only) to name the line and column.
     """
     _check_batch_size(batch_size)
     pending: list[pl.DataFrame] = []
     held = 0
     offset = 0
-    for chunk in frame.collect_batches(chunk_size=batch_size, maintain_order=True):
+    with reading(frame, source):
+        if source is None and ORIGIN_FILE not in frame.collect_schema().names():
+            source = ", ".join(scan_paths(frame)) or None  # name the file for positional rows
+        chunks = iter(frame.collect_batches(chunk_size=batch_size, maintain_order=True))
+    while True:
+        with reading(frame, source):
+            chunk = next(chunks, None)
+        if chunk is None:
+            break
         if chunk.height == 0:
             continue
         pending.append(chunk)

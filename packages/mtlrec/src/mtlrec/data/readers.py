@@ -13,10 +13,18 @@ CSV files are scanned with every column as text (``infer_schema=False``): catego
 keep their exact spelling, and a non-numeric value in a dense column is reported with its row
 by :meth:`FittedFeatures.transform <mtlrec.data.spec.FittedFeatures.transform>` instead of
 failing inside the CSV parser.
+
+Every frame a reader returns carries two origin columns, :data:`~mtlrec.data.errors.ORIGIN_FILE`
+(the path) and :data:`~mtlrec.data.errors.ORIGIN_ROW` (the 1-based data row in that file), so
+that an error found after splitting, shuffling or filtering still names the file's row; specs
+never read them. A file polars cannot parse (an extra field, an unclosed quote, invalid
+UTF-8, a truncated gzip or Parquet file) gives a :class:`~mtlrec.data.errors.DataError` naming
+the file, line, data row and column, wherever the lazy frame is collected by this package.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,8 +34,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import polars as pl
 
+from ._diagnose import CsvFormat, ParquetFormat, reading, remember, translate
+from .errors import ORIGIN_COLUMNS, ORIGIN_FILE, ORIGIN_ROW, DataError
 from .spec import (
-    DataError,
     DenseFeature,
     FeatureSpec,
     FittedFeatures,
@@ -92,16 +101,66 @@ def _require_file(path: Path, what: str, how: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found at {path}. {how}")
     if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty; {what} needs a header and rows")
+        raise DataError(
+            "the file is empty (0 bytes)", path=str(path), fix=f"{what} needs a header and rows"
+        )
 
 
-def _scan_csv(path: Path, *, separator: str = ",", **kw: Any) -> pl.LazyFrame:
-    try:
-        lf = pl.scan_csv(path, separator=separator, infer_schema=False, **kw)
-        lf.collect_schema()
-    except pl.exceptions.NoDataError as e:
-        raise DataError(f"{path}: the file is empty ({e})") from e
-    return lf
+def _with_origin(lf: pl.LazyFrame, path: str) -> pl.LazyFrame:
+    """``lf`` with the origin columns: ``path`` and the 1-based data row (replacing origin
+    columns the file itself holds, e.g. a frame of this package written back to disk)."""
+    have = [c for c in ORIGIN_COLUMNS if c in lf.collect_schema().names()]
+    return (
+        lf.drop(have)
+        .with_row_index(ORIGIN_ROW, offset=1)
+        .with_columns(pl.lit(path, dtype=pl.String).alias(ORIGIN_FILE))
+    )
+
+
+def _scan_csv(
+    path: Path,
+    *,
+    separator: str = ",",
+    has_header: bool = True,
+    new_columns: Sequence[str] | None = None,
+    quote_char: str | None = '"',
+) -> pl.LazyFrame:
+    """``pl.scan_csv`` with every column as text and the origin columns; the header is read
+    now, so an empty or unreadable file fails here with a :class:`DataError`."""
+    p = str(path)
+    remember(
+        p,
+        CsvFormat(
+            separator,
+            quote_char,
+            has_header,
+            tuple(new_columns) if new_columns is not None else None,
+        ),
+    )
+    with reading([p]):
+        try:
+            lf = pl.scan_csv(
+                path,
+                separator=separator,
+                has_header=has_header,
+                new_columns=list(new_columns) if new_columns is not None else None,
+                quote_char=quote_char,
+                infer_schema=False,
+            )
+            return _with_origin(lf, p)
+        except pl.exceptions.NoDataError as e:
+            raise DataError(
+                "the file holds no lines (nothing, not even a header)",
+                path=p,
+                fix="It needs a header and rows",
+            ) from e
+
+
+def _scan_parquet(path: Path) -> pl.LazyFrame:
+    p = str(path)
+    remember(p, ParquetFormat())
+    with reading([p]):
+        return _with_origin(pl.scan_parquet(path), p)
 
 
 def split_frame(
@@ -175,23 +234,40 @@ def census_income(
             "https://archive.ics.uci.edu/dataset/117/census+income+kdd and pass their "
             "directory (or set MTLREC_DATA_DIR).",
         )
-        raw = pl.read_csv(p, has_header=False, infer_schema=False, quote_char=None)
+        name = str(p)
+        remember(name, CsvFormat(",", None, False, CENSUS_COLUMNS))
+        with reading([name]):
+            raw = pl.read_csv(p, has_header=False, infer_schema=False, quote_char=None)
         if raw.width != len(CENSUS_COLUMNS):
             raise DataError(
-                f"{p}: expected {len(CENSUS_COLUMNS)} comma-separated columns "
-                f"(census-income.names), found {raw.width}"
+                f"{raw.width} comma-separated fields on the first line; Census-Income has "
+                f"{len(CENSUS_COLUMNS)} (census-income.names)",
+                path=name,
+                line=1,
+                row=1,
+                fix="Check that this is census-income.data.gz or census-income.test.gz",
             )
         frames.append(
-            raw.rename(dict(zip(raw.columns, CENSUS_COLUMNS, strict=True))).with_columns(
-                pl.all().str.strip_chars()
-            )
+            _with_origin(raw.lazy(), name)
+            .rename(dict(zip(raw.columns, CENSUS_COLUMNS, strict=True)))
+            .with_columns(pl.col(CENSUS_COLUMNS).str.strip_chars())
+            .collect()
         )
     df = pl.concat(frames)
-    bad = df.with_row_index().filter(~pl.col("income_50k").is_in(["- 50000.", "50000+."]))
+    bad = df.filter(
+        ~pl.col("income_50k").is_in(["- 50000.", "50000+."]) | pl.col("income_50k").is_null()
+    ).head(1)
     if bad.height:
+        row, value = int(bad[ORIGIN_ROW][0]), bad["income_50k"][0]
         raise DataError(
-            f"{paths[0]}: column 'income_50k' (42nd) holds {bad['income_50k'][0]!r} at row "
-            f"{bad['index'][0]}; expected '- 50000.' or '50000+.'"
+            "the income label (42nd field) must be '- 50000.' or '50000+.', not {value}",
+            path=bad[ORIGIN_FILE][0],
+            row=row,
+            line=row,
+            column="income_50k",
+            value=value,
+            fix="Fix the line"
+            + (" (it has fewer than 42 fields: cut short?)" if value is None else ""),
         )
     df = df.with_columns(
         (pl.col("income_50k") == "50000+.").cast(pl.Int8).alias("income"),
@@ -255,7 +331,7 @@ def read_ali_ccp_csv(path: str | Path) -> Source:
     lf = _scan_csv(p)
     cols = lf.collect_schema().names()
     check_columns(lf, ["click", "purchase"], str(p))
-    feats = [c for c in cols if c not in ("click", "purchase")]
+    feats = [c for c in cols if c not in ("click", "purchase", *ORIGIN_COLUMNS)]
     spec = FeatureSpec(
         sparse=[SparseFeature(c) for c in feats if not c.startswith("D")],
         dense=[DenseFeature(c) for c in feats if c.startswith("D")],
@@ -291,12 +367,11 @@ def read_ali_ccp_esmm(path: str | Path, fields: Sequence[str] | None = None) -> 
         "PaddleRec's datasets/ali-ccp download script.",
     )
     fields = tuple(fields) if fields is not None else ALI_CCP_ESMM_FIELDS
-    lines = pl.scan_csv(
-        p, has_header=False, separator="\x1f", quote_char=None, infer_schema=False,
-        new_columns=["line"],
-    )  # fmt: skip
-    tok = lines.select(pl.col("line").str.split(",").alias("tok"))
+    # One field per line: the unit separator (0x1f) does not occur in this format.
+    lines = _scan_csv(p, separator="\x1f", has_header=False, new_columns=["line"], quote_char=None)
+    tok = lines.select(*ORIGIN_COLUMNS, pl.col("line").str.split(",").alias("tok"))
     head = tok.select(
+        *ORIGIN_COLUMNS,
         pl.col("tok").list.get(0, null_on_oob=True).alias("sample_id"),
         pl.col("tok").list.get(1, null_on_oob=True).alias("click"),
         pl.col("tok").list.get(2, null_on_oob=True).alias("purchase"),
@@ -304,23 +379,29 @@ def read_ali_ccp_esmm(path: str | Path, fields: Sequence[str] | None = None) -> 
     )
     # Validate: every pair is field:id with a known field (one streaming pass).
     known = list(fields)
-    bad = (
-        head.with_row_index("__row")
-        .select("__row", "pairs")
-        .explode("pairs")
-        .filter(
-            ~pl.col("pairs").str.contains(":")
-            | ~pl.col("pairs").str.split_exact(":", 1).struct.field("field_0").is_in(known)
+    with reading([str(p)]):
+        bad = (
+            head.select(ORIGIN_ROW, "pairs")
+            .explode("pairs")
+            .filter(
+                ~pl.col("pairs").str.contains(":")
+                | ~pl.col("pairs").str.split_exact(":", 1).struct.field("field_0").is_in(known)
+            )
+            .head(1)
+            .collect()
         )
-        .head(1)
-        .collect()
-    )
     if bad.height:
+        row = int(bad[ORIGIN_ROW][0])
         raise DataError(
-            f"{p}: line {int(bad['__row'][0]) + 1} holds {bad['pairs'][0]!r}, not a "
-            f"'field:id' pair of a known field {known}; pass fields=[...] to accept others"
+            "not a 'field:id' pair of a known field: {value}",
+            path=str(p),
+            line=row,
+            row=row,
+            value=bad["pairs"][0],
+            fix=f"The known fields are {known}; pass fields=[...] to accept others",
         )
     frame = head.select(
+        *ORIGIN_COLUMNS,
         "sample_id",
         "click",
         "purchase",
@@ -364,8 +445,7 @@ def read_criteo(
         "Get Criteo from https://ailab.criteo.com/ressources/ (Kaggle display advertising "
         "challenge train.txt or the 1TB click logs).",
     )
-    with p.open("r", encoding="utf-8", errors="replace") as fh:
-        first = fh.readline().rstrip("\n")
+    first = _first_line(p)
     sep = separator or ("\t" if "\t" in first else ",")
     header = has_header if has_header is not None else first.split(sep)[0].strip() == "label"
     names = ["label", *CRITEO_DENSE, *CRITEO_SPARSE]
@@ -374,8 +454,12 @@ def read_criteo(
     else:
         if len(first.split(sep)) != len(names):
             raise DataError(
-                f"{p}: the first line has {len(first.split(sep))} fields separated by "
-                f"{sep!r}; Criteo needs {len(names)} (label, I1-I13, C1-C26)"
+                f"{len(first.split(sep))} fields separated by {sep!r}; Criteo has "
+                f"{len(names)} (label, I1-I13, C1-C26)",
+                path=str(p),
+                line=1,
+                row=1,
+                fix="Check the file, or pass separator= and has_header=",
             )
         lf = _scan_csv(p, separator=sep, has_header=False, new_columns=names)
     spec = FeatureSpec(
@@ -387,6 +471,18 @@ def read_criteo(
     return Source(lf, spec, str(p))
 
 
+def _first_line(p: Path) -> str:
+    """The first line of a (possibly gzipped) text file, for sniffing its layout."""
+    try:
+        with p.open("rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        with gzip.open(p, "rb") if gz else p.open("rb") as fh:
+            raw = fh.readline(1 << 20)
+    except (EOFError, OSError) as e:  # a damaged .gz
+        raise translate(e, [str(p)]) from e
+    return raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
 # ---------------------------------------------------------------------------------- generic
 def read_table(
     path: str | Path, spec: FeatureSpec, *, separator: str = ",", has_header: bool = True
@@ -396,7 +492,7 @@ def read_table(
     p = Path(path)
     _require_file(p, "data file", "Check the path.")
     if p.suffix.lower() in (".parquet", ".pq"):
-        lf = pl.scan_parquet(p)
+        lf = _scan_parquet(p)
     else:
         sep = "\t" if p.suffix.lower() == ".tsv" and separator == "," else separator
         lf = _scan_csv(p, separator=sep, has_header=has_header)

@@ -26,7 +26,9 @@ import numpy as np
 import polars as pl
 import torch
 
+from ._diagnose import exact_line, frame_paths, reading
 from .batch import Jagged, RecBatch, RecInputs
+from .errors import ORIGIN_COLUMNS, ORIGIN_FILE, ORIGIN_ROW, DataError
 
 __all__ = [
     "NULL_TOKEN",
@@ -43,14 +45,6 @@ NULL_TOKEN = "<null>"
 """The category a missing (null) categorical value becomes."""
 
 _FORMAT_VERSION = 1
-
-
-class DataError(ValueError):
-    """Bad input data: names the file (when known), the column and the first bad row."""
-
-
-def _where(source: str | None) -> str:
-    return f"{source}: " if source else ""
 
 
 @dataclass(frozen=True)
@@ -243,13 +237,24 @@ class FeatureSpec:
         """Learn vocabularies and normalisation from ``data`` (the training split only).
 
         Works on a LazyFrame without collecting it: only value counts and column statistics
-        are materialised. ``source`` (a file name) goes into error messages.
+        are materialised, after one pass that parses every column (so a malformed file fails
+        here, as a :class:`DataError` naming its line). ``source`` names the file in errors
+        when ``data`` has no origin columns (see :mod:`mtlrec.data.errors`).
         """
-        lf = data.lazy()
+        with reading(data, source):
+            return self._fit(data.lazy(), source)
+
+    def _fit(self, lf: pl.LazyFrame, source: str | None) -> FittedFeatures:
         check_columns(lf, self.columns, source)
-        n = lf.select(pl.len()).collect().item()
+        # One pass over every column, not only the spec's: polars checks a CSV record's field
+        # count only when it parses the whole record, so a malformed file fails here.
+        n = lf.select(pl.len().alias("\0n"), pl.all().null_count()).collect()["\0n"].item()
         if n == 0:
-            raise DataError(f"{_where(source)}no rows to fit the feature spec on (empty data)")
+            raise DataError(
+                "no data rows to fit the feature spec on",
+                path=_path_of(lf, source),
+                fix="Fit on the training data (a header alone is not enough)",
+            )
         vocabs: dict[str, list[str]] = {}
         for f in self.sparse:
             vocabs[f.name] = _fit_vocab(lf.select(_as_str(f.name)), f)
@@ -259,7 +264,7 @@ class FeatureSpec:
         if self.dense:
             exprs = []
             for d in self.dense:
-                x = _dense_expr(d, source)
+                x = _dense_expr(d)
                 exprs += [
                     x.mean().alias(f"{d.name}\0mean"),
                     x.std(ddof=0).alias(f"{d.name}\0std"),
@@ -273,8 +278,10 @@ class FeatureSpec:
                 s = {k: row[f"{d.name}\0{k}"] for k in ("mean", "std", "min", "max")}
                 if s["mean"] is None:
                     raise DataError(
-                        f"{_where(source)}dense column {d.name!r} has no values in the "
-                        "training data; drop it from the spec"
+                        "the dense column holds no values in the training data",
+                        path=_path_of(lf, source),
+                        column=d.name,
+                        fix="Drop it from the spec, or fill it",
                     )
                 stats[d.name] = {k: float(v) for k, v in s.items()}
         return FittedFeatures(self, vocabs, stats)
@@ -310,39 +317,89 @@ def _fit_vocab(values: pl.LazyFrame, f: Categorical) -> list[str]:
     return [str(v) for v in vocab]
 
 
-def _dense_expr(d: DenseFeature, source: str | None) -> pl.Expr:
+def _dense_expr(d: DenseFeature) -> pl.Expr:
     x = pl.col(d.name).cast(pl.Float64, strict=False)
     if d.log:
         x = x.sign() * x.abs().log1p()
     return x
 
 
+def _path_of(frame: pl.LazyFrame | pl.DataFrame, source: str | None) -> str | None:
+    """The file to name for ``frame``: ``source``, else the file(s) it was read from."""
+    if source is not None:
+        return source
+    paths = frame_paths(frame, None)
+    return ", ".join(paths) if paths else None
+
+
+def _user_columns(frame: pl.LazyFrame | pl.DataFrame) -> list[str]:
+    names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
+    return [c for c in names if c not in ORIGIN_COLUMNS]
+
+
 def check_columns(
     lf: pl.LazyFrame | pl.DataFrame, columns: Sequence[str], source: str | None
 ) -> None:
-    """Raise :class:`DataError` naming ``source`` and every column in ``columns`` it lacks."""
-    have = lf.collect_schema().names() if isinstance(lf, pl.LazyFrame) else lf.columns
+    """Raise :class:`DataError` naming the file and every column in ``columns`` it lacks."""
+    have = _user_columns(lf)
     missing = [c for c in columns if c not in have]
     if missing:
+        shown = f"{have[:50]}{' ...' if len(have) > 50 else ''}"
+        more = f" (nor are {missing[1:]})" if len(missing) > 1 else ""
         raise DataError(
-            f"{_where(source)}missing column(s) {missing}; the data has {have[:50]}"
-            f"{' ...' if len(have) > 50 else ''}. Fix the file or the feature spec."
+            f"no such column{more}; the data has {len(have)} columns: {shown}",
+            path=_path_of(lf, source),
+            column=missing[0],
+            fix="Fix the file's header or the feature spec",
         )
 
 
-def _first_bad(lf: pl.LazyFrame | pl.DataFrame, bad: pl.Expr, col: str) -> tuple[int, Any] | None:
-    """Index and value of the first row where ``bad`` holds, or None."""
-    out = (
-        lf.lazy()
-        .with_row_index("__row")
-        .filter(bad)
-        .select("__row", pl.col(col).cast(pl.String))
-        .head(1)
-        .collect()
-    )
-    if out.height == 0:
-        return None
-    return int(out["__row"][0]), out[col][0]
+@dataclass(frozen=True)
+class _Hit:
+    """Where a bad value is: file, data row (1-based), line when known, and the value."""
+
+    path: str | None
+    row: int
+    line: int | None
+    value: Any
+
+    def error(self, problem: str, column: str, fix: str, task: str | None = None) -> DataError:
+        return DataError(
+            problem,
+            path=self.path,
+            row=self.row,
+            line=self.line,
+            column=column,
+            value=self.value,
+            fix=fix,
+            task=task,
+        )
+
+
+def _first_bad(
+    lf: pl.LazyFrame | pl.DataFrame, bad: pl.Expr, col: str, source: str | None, offset: int
+) -> _Hit | None:
+    """The first row where ``bad`` holds, located in its file.
+
+    Rows read by this package's readers carry their file and 1-based data row (the origin
+    columns), which survive splitting and shuffling; other frames are located by position:
+    row ``offset + i + 1`` of ``source``.
+    """
+    names = lf.collect_schema().names() if isinstance(lf, pl.LazyFrame) else lf.columns
+    value = pl.col(col).cast(pl.String)
+    q = lf.lazy()
+    if ORIGIN_FILE in names and ORIGIN_ROW in names:
+        out = q.filter(bad).select(ORIGIN_FILE, ORIGIN_ROW, value).head(1).collect()
+        if out.height == 0:
+            return None
+        path, row = out[ORIGIN_FILE][0], int(out[ORIGIN_ROW][0])
+    else:
+        idx = "__mtlrec_index"
+        out = q.with_row_index(idx).filter(bad).select(idx, value).head(1).collect()
+        if out.height == 0:
+            return None
+        path, row = _path_of(lf, source), offset + int(out[idx][0]) + 1
+    return _Hit(path, row, exact_line(path, row) if path else None, out[col][0])
 
 
 def _check_dense(
@@ -355,27 +412,30 @@ def _check_dense(
             cast = raw.cast(pl.Float64, strict=False)
             stripped = raw.cast(pl.String).str.strip_chars()
             bad_value = raw.is_not_null() & (stripped != "") & cast.is_null()
-            hit = _first_bad(lf, bad_value, d.name)
+            hit = _first_bad(lf, bad_value, d.name, source, offset)
             if hit is not None:
-                raise DataError(
-                    f"{_where(source)}dense column {d.name!r} holds a non-numeric value "
-                    f"{hit[1]!r} at row {hit[0] + offset} (0-based data row, header not "
-                    "counted); clean the file or declare the column sparse"
+                raise hit.error(
+                    "not a number in a dense column",
+                    d.name,
+                    "Fix the value, or declare the column a SparseFeature if it is categorical",
                 )
         inf = raw.cast(pl.Float64, strict=False).is_infinite()
-        hit = _first_bad(lf, inf, d.name)
+        hit = _first_bad(lf, inf, d.name, source, offset)
         if hit is not None:
-            raise DataError(
-                f"{_where(source)}dense column {d.name!r} holds a non-finite value {hit[1]!r} "
-                f"at row {hit[0] + offset} (0-based data row); clean the file"
+            raise hit.error(
+                "a non-finite number in a dense column",
+                d.name,
+                "Replace it with a finite number, or leave it empty and set "
+                "DenseFeature(nulls='mean' or 'zero')",
             )
         if d.nulls == "error":
-            hit = _first_bad(lf, raw.cast(pl.Float64, strict=False).is_null(), d.name)
+            missing = raw.cast(pl.Float64, strict=False).is_null()
+            hit = _first_bad(lf, missing, d.name, source, offset)
             if hit is not None:
-                raise DataError(
-                    f"{_where(source)}dense column {d.name!r} is missing a value at row "
-                    f"{hit[0] + offset} (0-based data row); set DenseFeature(nulls='mean' or "
-                    "'zero') to fill missing values"
+                raise hit.error(
+                    "a missing value in a dense column with nulls='error'",
+                    d.name,
+                    "Fill it in the file, or set DenseFeature(nulls='mean' or 'zero')",
                 )
 
 
@@ -385,25 +445,27 @@ def _check_labels(
     for lab in labels:
         raw = pl.col(lab.col)
         y = raw.cast(pl.Float64, strict=False)
-        hit = _first_bad(lf, y.is_null(), lab.col)
+        hit = _first_bad(lf, y.is_null(), lab.col, source, offset)
         if hit is not None:
-            what = "is missing" if hit[1] is None else f"holds a non-numeric value {hit[1]!r}"
-            raise DataError(
-                f"{_where(source)}label column {lab.col!r} (task {lab.task!r}) {what} at row "
-                f"{hit[0] + offset} (0-based data row); every row needs a numeric label"
+            what = "the label is missing" if hit.value is None else "the label is not a number"
+            raise hit.error(
+                what, lab.col, "Every row needs a numeric label: fix or drop the row", lab.task
             )
         if lab.kind == "binary":
             bad = ~y.is_in([0.0, 1.0])
-            need = "0 or 1 for a binary task"
+            problem, fix = (
+                "a binary label must be 0 or 1, not {value}",
+                "Fix or drop the row, or declare the task Label(kind='regression')",
+            )
         else:
             bad = ~y.is_finite()
-            need = "a finite number for a regression task"
-        hit = _first_bad(lf, bad, lab.col)
-        if hit is not None:
-            raise DataError(
-                f"{_where(source)}label column {lab.col!r} (task {lab.task!r}) holds {hit[1]!r} "
-                f"at row {hit[0] + offset} (0-based data row); it must be {need}"
+            problem, fix = (
+                "a regression label must be a finite number, not {value}",
+                "Fix or drop the row",
             )
+        hit = _first_bad(lf, bad, lab.col, source, offset)
+        if hit is not None:
+            raise hit.error(problem, lab.col, fix, lab.task)
 
 
 def _crc32_ids(values: list[str], base: int, buckets: int) -> list[int]:
@@ -472,11 +534,17 @@ class FittedFeatures:
 
         Args:
             data: a frame with the spec's feature columns (and label columns if ``labels``).
-            source: file name for error messages.
-            row_offset: added to row numbers in error messages (for batches of a file).
+            source: the file named in errors when ``data`` has no origin columns (rows read
+                by this package's readers name their own file and data row).
+            row_offset: for data without origin columns: rows already read before ``data``
+                (error rows are ``row_offset + i + 1``, for batches of a file).
             labels: read the label columns (``False`` at serving time: labels come back empty).
         """
-        df = data.collect() if isinstance(data, pl.LazyFrame) else data
+        if isinstance(data, pl.LazyFrame):
+            with reading(data, source):
+                df = data.collect()
+        else:
+            df = data
         spec = self.spec
         need = [c for c in spec.columns if labels or c not in {lab.col for lab in spec.labels}]
         check_columns(df, need, source)
@@ -501,7 +569,7 @@ class FittedFeatures:
             _check_dense(df, spec.dense, source, row_offset)
             cols = []
             for d in spec.dense:
-                x = df.select(_dense_expr(d, source))[d.name].to_numpy().astype(np.float64)
+                x = df.select(_dense_expr(d))[d.name].to_numpy().astype(np.float64)
                 st = self.stats[d.name]
                 fill = st["mean"] if d.nulls == "mean" else 0.0
                 x = np.where(np.isnan(x), fill, x)
