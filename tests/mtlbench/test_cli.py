@@ -238,3 +238,44 @@ def test_ui_serves_the_store_on_loopback(tmp_path: Path) -> None:
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_selection_and_report_use_the_same_stl_reference(
+    specs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """STL trained twice (the second, shorter set supersedes the first), then a method that
+    takes its reference from those earlier runs: the run's own final/test/delta_p (against
+    the reference the runner chose) equals the report's Δp for it (against the report's)."""
+    common = ["--no-tracking", "--quiet"]
+    assert main(["run", "tiny", "--stl", "--methods", *common]) == 0
+    assert main(["run", "tiny", "--stl", "--methods", "--restart", "--epochs", "1", *common]) == 0
+    assert main(["run", "tiny", "--methods", "ew", *common]) == 0
+    capsys.readouterr()
+    from mtlbench.report import build_report, collect_runs
+    from mtltrain.tracking import RunSpool
+
+    spec = find_spec("tiny")
+    report = build_report(spec, collect_runs(spec, spool_root="mtlruns-spool"))
+    assert report.superseded == 3  # the first STL set
+    (ew_id,) = report.ours["ew"].run_ids
+    logged = {
+        r.key: r.value
+        for r in RunSpool.open(Path("mtlruns-spool") / ew_id).read_metrics()
+        if r.key == "final/test/delta_p"
+    }
+    assert logged["final/test/delta_p"] == pytest.approx(
+        report.ours["ew"].delta_p_per_seed[0], rel=1e-12
+    )
+    # and the reference is the newer STL set's metrics, not a mean with the superseded one
+    newest = {t: runs[-1].test[t] for t, runs in _stl_by_task(report, spec).items()}
+    assert report.reference == newest
+
+
+def _stl_by_task(report, spec):
+    from mtlbench.report import collect_runs
+
+    runs = [r for r in collect_runs(spec, spool_root="mtlruns-spool") if r.method == "stl"]
+    by_task: dict[str, list] = {}
+    for r in sorted(runs, key=lambda r: r.start_time):
+        by_task.setdefault(r.stl_task, []).append(r)
+    return by_task

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ from typing import Any, NamedTuple
 
 from mtltrain import delta_p, delta_p_per_task, mean_std
 
+from .reference import covers, stl_reference, usable_runs
+from .runs import STL, NoRunsError, RunRecord, collect_runs
 from .spec import Spec
 
 __all__ = [
@@ -48,53 +49,8 @@ __all__ = [
     "write_report",
 ]
 
-#: The method name of single-task runs (one run per task and seed).
-STL = "stl"
-TAG_SPEC = "mtlbench.spec"
-TAG_METHOD = "mtlbench.method"
-TAG_SEED = "mtlbench.seed"
-TAG_STL_TASK = "mtlbench.stl_task"
-TAG_SELECTION = "mtlbench.selection"
-FINAL_PREFIX = "final"
-EPOCH_KEY = "final/epoch"
-
 Table = dict[str, dict[str, float]]
 """task -> metric -> value"""
-
-
-class NoRunsError(LookupError):
-    """There is nothing to report: no store, no experiment, or no runs of the spec in it."""
-
-
-# ----------------------------------------------------------------------------------- records
-@dataclass(frozen=True)
-class RunRecord:
-    """One benchmark run as read back from MLflow or the spool.
-
-    ``test`` / ``val`` hold the run's final metrics (task -> metric -> value; an STL run has
-    only its own task). Only ``status == "FINISHED"`` runs count in a report.
-    """
-
-    run_id: str
-    method: str
-    seed: int
-    stl_task: str | None
-    test: Table
-    val: Table
-    start_time: int  # milliseconds since the epoch
-    source: str  # "mlflow" | "spool"
-    status: str = "FINISHED"
-    selection: str | None = None
-    epoch: int | None = None
-
-    @property
-    def key(self) -> tuple[str, int, str | None]:
-        """What makes two runs duplicates: (method, seed, STL task)."""
-        return (self.method, self.seed, self.stl_task if self.method == STL else None)
-
-    def describe(self) -> str:
-        task = f", task {self.stl_task}" if self.method == STL else ""
-        return f"run {self.run_id} ({self.method}, seed {self.seed}{task})"
 
 
 class Stat(NamedTuple):
@@ -214,263 +170,22 @@ class Report:
         }
 
 
-# ----------------------------------------------------------------------------------- collect
-def collect_runs(
-    spec: Spec,
-    *,
-    tracking_uri: str | None = None,
-    spool_root: str | Path | None = None,
-) -> list[RunRecord]:
-    """Every run of ``spec`` (any status; :func:`build_report` keeps the FINISHED ones).
-
-    From the MLflow store at ``tracking_uri`` when given (experiment ``spec.experiment``, runs
-    tagged ``mtlbench.spec = spec.name``), else from the spool under ``spool_root`` (default
-    ``./mtlruns-spool``). Runs without valid method/seed tags are skipped with a warning.
-
-    Raises:
-        NoRunsError: the store, experiment or spool does not exist, or holds no run of the
-            spec; the message says to run ``mtlbench run <spec>``.
-    """
-    if tracking_uri is not None:
-        return _collect_mlflow(spec, tracking_uri)
-    from mtltrain.tracking import DEFAULT_SPOOL_ROOT
-
-    return _collect_spool(spec, Path(spool_root) if spool_root is not None else DEFAULT_SPOOL_ROOT)
-
-
-def _hint(spec: Spec) -> str:
-    return f"run `mtlbench run {spec.name}` first"
-
-
-def _collect_mlflow(spec: Spec, tracking_uri: str) -> list[RunRecord]:
-    from mtltrain.tracking.mlflow_sink import normalize_tracking_uri, redact_uri
-
-    uri = normalize_tracking_uri(tracking_uri)
-    shown = redact_uri(uri)
-    if uri.startswith("sqlite:///"):  # do not create an empty database by reading one
-        db = uri[len("sqlite:///") :].partition("?")[0]
-        if db != ":memory:" and not Path(db).is_file():
-            raise NoRunsError(
-                f"no MLflow store at {shown} (the file {db!r} does not exist): {_hint(spec)} "
-                f"with that tracking URI, or pass the store the runs went to"
-            )
-    try:
-        from mlflow import MlflowClient
-    except ImportError as e:
-        raise ImportError(
-            f"reading runs from {shown} needs MLflow ({e}): pip install 'mtlbench[mlflow]', or "
-            f"report from the local spool instead (no tracking URI)"
-        ) from e
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(spec.experiment)
-    if experiment is None:
-        raise NoRunsError(
-            f"MLflow store {shown} has no experiment {spec.experiment!r}: {_hint(spec)} with "
-            f"this tracking URI (or pass the store the runs went to)"
-        )
-    # A name with a quote cannot go into MLflow's filter syntax: filter here instead.
-    query = "" if "'" in spec.name else f"tags.`{TAG_SPEC}` = '{spec.name}'"
-    records: list[RunRecord] = []
-    token: str | None = None
-    while True:
-        page = client.search_runs(
-            [experiment.experiment_id], filter_string=query, max_results=1000, page_token=token
-        )
-        for run in page:
-            tags = dict(run.data.tags)
-            if tags.get(TAG_SPEC) != spec.name:
-                continue
-            record = _record(
-                spec,
-                run_id=run.info.run_id,
-                tags=tags,
-                metrics=dict(run.data.metrics),
-                start_time=run.info.start_time,
-                status=run.info.status,
-                source="mlflow",
-                where=f"MLflow run {run.info.run_id} in {shown}",
-            )
-            if record is not None:
-                records.append(record)
-        token = page.token
-        if not token:
-            break
-    if not records:
-        raise NoRunsError(
-            f"experiment {spec.experiment!r} in {shown} has no run tagged "
-            f"{TAG_SPEC}={spec.name!r}: {_hint(spec)}"
-        )
-    return records
-
-
-def _collect_spool(spec: Spec, root: Path) -> list[RunRecord]:
-    from mtltrain.tracking import RunSpool, find_runs
-
-    if not root.is_dir():
-        raise NoRunsError(
-            f"spool root {str(root)!r} does not exist: {_hint(spec)} (it spools there), pass "
-            f"the spool root the runs went to, or read them from MLflow with a tracking URI"
-        )
-    records: list[RunRecord] = []
-    for run_dir in find_runs(root):
-        spool = RunSpool.open(run_dir)
-        meta = spool.meta
-        tags = {str(k): str(v) for k, v in (meta.get("tags") or {}).items()}
-        if tags.get(TAG_SPEC) != spec.name:
-            continue
-        latest: dict[str, tuple[int, int, float]] = {}
-        for rec in spool.read_metrics():  # MLflow's "latest": largest step, then timestamp
-            old = latest.get(rec.key)
-            if old is None or (rec.step, rec.timestamp) >= old[:2]:
-                latest[rec.key] = (rec.step, rec.timestamp, rec.value)
-        record = _record(
-            spec,
-            run_id=spool.run_id,
-            tags=tags,
-            metrics={k: v[2] for k, v in latest.items()},
-            start_time=int(meta.get("start_time") or 0),
-            status=str(meta.get("status")),
-            source="spool",
-            where=f"spooled run {run_dir}",
-        )
-        if record is not None:
-            records.append(record)
-    if not records:
-        raise NoRunsError(
-            f"the spool {str(root)!r} has no run tagged {TAG_SPEC}={spec.name!r}: {_hint(spec)}"
-        )
-    return records
-
-
-def _record(
-    spec: Spec,
-    *,
-    run_id: str,
-    tags: Mapping[str, str],
-    metrics: Mapping[str, float],
-    start_time: int,
-    status: str,
-    source: str,
-    where: str,
-) -> RunRecord | None:
-    method = tags.get(TAG_METHOD)
-    seed_text = tags.get(TAG_SEED)
-    try:
-        seed = int(seed_text) if seed_text is not None else None
-    except ValueError:
-        seed = None
-    if not method or seed is None:
-        warnings.warn(
-            f"{where} is tagged {TAG_SPEC}={spec.name!r} but has no valid {TAG_METHOD} / "
-            f"{TAG_SEED} tags ({TAG_METHOD}={method!r}, {TAG_SEED}={seed_text!r}): left out of "
-            f"the report; was it started by something other than `mtlbench run`?",
-            UserWarning,
-            stacklevel=4,
-        )
-        return None
-    epoch = metrics.get(EPOCH_KEY)
-    return RunRecord(
-        run_id=run_id,
-        method=method,
-        seed=seed,
-        stl_task=tags.get(TAG_STL_TASK) or None,
-        test=_final(spec, metrics, "test"),
-        val=_final(spec, metrics, "val"),
-        start_time=int(start_time or 0),
-        source=source,
-        status=status,
-        selection=tags.get(TAG_SELECTION),
-        epoch=None if epoch is None or not math.isfinite(epoch) else int(epoch),
-    )
-
-
-def _final(spec: Spec, metrics: Mapping[str, float], split: str) -> Table:
-    """``final/<split>/<task>/<metric>`` of every task/metric of the spec that the run has."""
-    out: Table = {}
-    for task, names in spec.tasks.items():
-        for metric in names:
-            value = metrics.get(f"{FINAL_PREFIX}/{split}/{task}/{metric}")
-            if value is not None:
-                out.setdefault(task, {})[metric] = float(value)
-    return out
-
-
 # ------------------------------------------------------------------------------------- build
 def build_report(spec: Spec, runs: Iterable[RunRecord]) -> Report:
-    """Aggregate ``runs`` of ``spec`` into a :class:`Report` (see the module doc)."""
-    runs = list(runs)
-    notes: list[str] = []
-    finished = [r for r in runs if r.status == "FINISHED"]
-    not_finished = len(runs) - len(finished)
-    if not_finished:
-        states = sorted({r.status for r in runs if r.status != "FINISHED"})
-        notes.append(f"{not_finished} run(s) not FINISHED ({', '.join(states)}) were left out.")
-
-    complete: list[RunRecord] = []
-    for r in finished:
-        problem = _incomplete(spec, r)
-        if problem:
-            notes.append(f"{r.describe()} left out: {problem}.")
-        else:
-            complete.append(r)
-
-    newest: dict[tuple[str, int, str | None], RunRecord] = {}
-    for r in sorted(complete, key=lambda r: (r.start_time, r.run_id)):
-        newest[r.key] = r
-    superseded = len(complete) - len(newest)
-    if superseded:
-        notes.append(
-            f"{superseded} older run(s) with the same method, seed (and STL task) as a newer "
-            f"finished run were superseded by it."
-        )
-    kept = list(newest.values())
-
-    stl_runs: dict[str, list[RunRecord]] = defaultdict(list)
+    """Aggregate ``runs`` of ``spec`` into a :class:`Report` (see the module doc). Which runs
+    count and the Δp reference follow :mod:`mtlbench.reference`, as in ``mtlbench run``."""
+    usable = usable_runs(spec, runs)
+    kept = usable.kept
+    notes = list(usable.notes)
+    ref = stl_reference(spec, kept)
+    notes += ref.notes
+    reference, kind, label = ref.test, ref.kind, ref.label
+    stl_runs = ref.stl_runs
     mtl_runs: dict[str, list[RunRecord]] = defaultdict(list)
     for r in sorted(kept, key=lambda r: (r.seed, r.start_time)):
-        if r.method == STL:
-            assert r.stl_task is not None
-            stl_runs[r.stl_task].append(r)
-        else:
+        if r.method != STL:
             mtl_runs[r.method].append(r)
-
-    # The Δp reference.
     paper = spec.paper
-    reference: Table | None = None
-    kind: str | None = None
-    missing_stl = [t for t in spec.tasks if not stl_runs.get(t)]
-    if not missing_stl:
-        reference = {
-            t: {m: mean_std([r.test[t][m] for r in stl_runs[t]])[0] for m in spec.tasks[t]}
-            for t in spec.tasks
-        }
-        kind = "ours"
-        counts = sorted({len(stl_runs[t]) for t in spec.tasks})
-        n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-        label = f"our STL runs ({n} seed{'s' if counts[-1] > 1 else ''}"
-        label += ")" if len(counts) == 1 else " per task)"
-    else:
-        have_paper_stl = paper is not None and _covers(paper.stl, spec.tasks)
-        if stl_runs and have_paper_stl:
-            notes.append(
-                f"Our STL runs lack task(s) {', '.join(missing_stl)}, so the published STL row "
-                f"is the Δp reference."
-            )
-        if paper is not None and have_paper_stl:
-            reference = paper.stl
-            kind = "paper"
-            label = f"published STL row, {paper.source}"
-        else:
-            label = "none (no Δp)"
-            why = (
-                "the spec's [paper] table has no complete STL row"
-                if paper is not None
-                else "the spec has no [paper] table with an STL row"
-            )
-            notes.append(
-                f"No Δp: no STL run for task(s) {', '.join(missing_stl)} and {why}; run the "
-                f"single-task baselines (method {STL!r}) with `mtlbench run {spec.name}`."
-            )
 
     ours: dict[str, MethodResult] = {}
     if stl_runs:
@@ -480,12 +195,12 @@ def build_report(spec: Spec, runs: Iterable[RunRecord]) -> Report:
 
     rows: dict[str, PaperRow] = {}
     if paper is not None:
-        paper_stl = paper.stl if _covers(paper.stl, spec.tasks) else None
+        paper_stl = paper.stl if covers(paper.stl, spec.tasks) else None
         for method in dict.fromkeys([*paper.results, *paper.delta_p]):
             values = paper.results.get(method, {})
             recomputed = (
                 delta_p(values, paper_stl, spec.tasks)
-                if paper_stl is not None and _covers(values, spec.tasks)
+                if paper_stl is not None and covers(values, spec.tasks)
                 else None
             )
             rows[method] = PaperRow(method, values, paper.delta_p.get(method), recomputed)
@@ -505,7 +220,9 @@ def build_report(spec: Spec, runs: Iterable[RunRecord]) -> Report:
             if 0 < got < spec.seeds:
                 notes.append(f"STL {task}: {got} of the spec's {spec.seeds} seeds finished.")
     if not kept:
-        notes.append(f"No finished run of {spec.name} to report: {_hint(spec)}.")
+        notes.append(
+            f"No finished run of {spec.name} to report: run `mtlbench run {spec.name}` first."
+        )
 
     return Report(
         spec_name=spec.name,
@@ -522,40 +239,10 @@ def build_report(spec: Spec, runs: Iterable[RunRecord]) -> Report:
         spec_seeds=spec.seeds,
         sources=tuple(sorted({r.source for r in kept})),
         n_runs=len(kept),
-        superseded=superseded,
-        not_finished=not_finished,
+        superseded=usable.superseded,
+        not_finished=usable.not_finished,
         notes=notes,
     )
-
-
-def _incomplete(spec: Spec, run: RunRecord) -> str | None:
-    """Why a finished run cannot be counted, or None."""
-    if run.method == STL:
-        if run.stl_task is None:
-            return f"an STL run without a {TAG_STL_TASK} tag"
-        if run.stl_task not in spec.tasks:
-            return f"STL task {run.stl_task!r} is not a task of the spec ({sorted(spec.tasks)})"
-        tasks = [run.stl_task]
-    else:
-        tasks = list(spec.tasks)
-    missing = [
-        f"final/test/{t}/{m}"
-        for t in tasks
-        for m in spec.tasks[t]
-        if not math.isfinite(run.test.get(t, {}).get(m, math.nan))
-    ]
-    if missing:
-        return f"no finite {', '.join(missing)}"
-    return None
-
-
-def _covers(
-    table: Mapping[str, Mapping[str, float]] | None, directions: Mapping[str, Mapping[str, bool]]
-) -> bool:
-    """Whether ``table`` has a value for every task/metric of ``directions``."""
-    if table is None:
-        return False
-    return all(m in table.get(t, {}) for t, ms in directions.items() for m in ms)
 
 
 def _per_task_stats(values: Sequence[Mapping[str, float]]) -> dict[str, Stat]:
@@ -609,7 +296,7 @@ def _stl_result(
     for task, runs in stl_runs.items():
         for r in runs:
             by_seed[r.seed][task] = r.test[task]
-    combined = {s: t for s, t in sorted(by_seed.items()) if _covers(t, spec.tasks)}
+    combined = {s: t for s, t in sorted(by_seed.items()) if covers(t, spec.tasks)}
     if combined:
         result.delta_p_per_seed = {
             s: delta_p(t, reference, spec.tasks) for s, t in combined.items()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import statistics
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,8 @@ from mtltrain.trainer import (
 )
 
 from .preflight import check_checkpoints, check_methods, lock_out_dir
-from .report import STL, NoRunsError, RunRecord, collect_runs
+from .reference import stl_reference, usable_runs
+from .runs import STL, NoRunsError, RunRecord, collect_runs
 from .spec import Spec
 
 __all__ = [
@@ -171,26 +171,10 @@ def _run_name(method: str, seed: int, task: str | None) -> str:
 
 
 def stl_references(spec: Spec, stl_runs: Sequence[RunRecord]) -> tuple[Table | None, Table | None]:
-    """(validation, test) STL references: means over seeds of our STL runs when every task has
-    one; else (None, the spec's published STL row or None)."""
-    per_task: dict[str, list[RunRecord]] = {}
-    for r in stl_runs:
-        if r.status == "FINISHED" and r.stl_task is not None:
-            per_task.setdefault(r.stl_task, []).append(r)
-    if all(per_task.get(t) for t in spec.tasks):
-        val: Table = {}
-        test: Table = {}
-        for task, metrics in spec.tasks.items():
-            runs = per_task[task]
-            val[task] = {m: statistics.fmean(r.val[task][m] for r in runs) for m in metrics}
-            test[task] = {m: statistics.fmean(r.test[task][m] for r in runs) for m in metrics}
-        return val, test
-    paper = spec.paper.stl if spec.paper is not None else None
-    if paper is not None and all(
-        t in paper and set(ms) <= set(paper[t]) for t, ms in spec.tasks.items()
-    ):
-        return None, paper
-    return None, None
+    """(validation, test) references from ``stl_runs`` by the rule the report uses
+    (:mod:`mtlbench.reference`): validation only from our own STL runs."""
+    ref = stl_reference(spec, usable_runs(spec, stl_runs).kept)
+    return ref.val, ref.test
 
 
 def earlier_stl_runs(
