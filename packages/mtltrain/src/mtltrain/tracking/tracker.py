@@ -16,20 +16,19 @@ import contextlib
 import dataclasses
 import json
 import math
-import numbers
 import os
 import tempfile
 import threading
-import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from .buffer import Entry, StepBuffer, check_step, entries, to_records
 from .mlflow_sink import MlflowSink, normalize_tracking_uri, redact_uri, store_key
 from .spool import (
     DEFAULT_SPOOL_ROOT,
@@ -39,6 +38,7 @@ from .spool import (
     now_ms,
     validate_key,
 )
+from .uploader import Uploader
 
 if TYPE_CHECKING:
     from mtlbalance import BalanceStats
@@ -49,55 +49,6 @@ __all__ = ["Tracker", "TrackingWarning"]
 class TrackingWarning(UserWarning):
     """Tracking to the MLflow store stopped (or lost buffered values); training goes on and the
     spool keeps every record."""
-
-
-class _Entry(NamedTuple):
-    """Buffered values of one step: ``keys[i]`` has value ``payload[i]``."""
-
-    step: int
-    timestamp: int
-    keys: tuple[str, ...]
-    payload: Tensor | tuple[float, ...]  # a detached 1-D device tensor, or host floats
-
-
-def _check_step(step: object) -> int:
-    if isinstance(step, bool | Tensor) or not isinstance(step, numbers.Integral):
-        raise TypeError(
-            f"step must be an int (the global step or epoch counter), not {type(step).__name__}"
-            + (
-                ": pass a Python int; reading a tensor would sync"
-                if isinstance(step, Tensor)
-                else ""
-            )
-        )
-    return int(step)
-
-
-def _to_records(entries: list[_Entry]) -> list[MetricRecord]:
-    """Host values for buffered entries: all tensors on one device are concatenated and copied
-    in ONE transfer (``torch.cat`` promotes mixed dtypes)."""
-    by_device: dict[torch.device, list[int]] = {}
-    for i, e in enumerate(entries):
-        if isinstance(e.payload, Tensor):
-            by_device.setdefault(e.payload.device, []).append(i)
-    host: dict[int, list[float]] = {}
-    for idx in by_device.values():
-        payloads = [entries[i].payload for i in idx]
-        flat = torch.cat(payloads).tolist()  # type: ignore[arg-type]
-        pos = 0
-        for i in idx:
-            n = len(entries[i].keys)
-            host[i] = flat[pos : pos + n]
-            pos += n
-    records: list[MetricRecord] = []
-    for i, e in enumerate(entries):
-        values = host.get(i, e.payload)
-        assert not isinstance(values, Tensor)
-        records.extend(
-            MetricRecord(k, float(v), e.step, e.timestamp)
-            for k, v in zip(e.keys, values, strict=True)
-        )
-    return records
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -115,75 +66,6 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
                 )
             out[k] = v
     return out
-
-
-class _Uploader(threading.Thread):
-    """Background upload of one spooled run to an MLflow store, pass after pass.
-
-    A pass uploads everything spooled when it starts; passes run when asked (after writes),
-    at most every ``interval`` seconds unless urgent or closing. The first exception stops the
-    thread; the Tracker turns it into one warning on the training thread.
-    """
-
-    def __init__(self, sink: MlflowSink, run_dir: Path, interval: float) -> None:
-        super().__init__(name=f"mtltrain-mlflow-upload-{run_dir.name}", daemon=True)
-        self._sink = sink
-        self._run_dir = run_dir
-        self._interval = interval
-        self._cond = threading.Condition()
-        self._requested = 0
-        self._done = 0
-        self._urgent = False
-        self._closing = False
-        self._exited = False
-        self.error: Exception | None = None
-
-    def request(self, *, urgent: bool = False) -> int:
-        with self._cond:
-            self._requested += 1
-            self._urgent = self._urgent or urgent
-            self._cond.notify_all()
-            return self._requested
-
-    def finish(self) -> None:
-        """Ask for a last pass (the spool is final now), then stop."""
-        with self._cond:
-            self._closing = True
-            self._requested += 1
-            self._cond.notify_all()
-
-    def wait_done(self, seq: int, timeout: float | None) -> bool:
-        with self._cond:
-            self._cond.wait_for(lambda: self._done >= seq or self._exited, timeout)
-            return self._done >= seq
-
-    def run(self) -> None:
-        last_pass = -math.inf
-        try:
-            while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._requested > self._done or self._closing)
-                    delay = last_pass + self._interval - time.monotonic()
-                    if delay > 0:
-                        self._cond.wait_for(lambda: self._closing or self._urgent, delay)
-                    target, closing = self._requested, self._closing
-                    self._urgent = False
-                try:
-                    self._sink.upload(self._run_dir)
-                except Exception as e:
-                    with self._cond:
-                        self.error = e
-                    return
-                last_pass = time.monotonic()
-                with self._cond:
-                    self._done = target
-                    self._cond.notify_all()
-                if closing:
-                    return
-        finally:
-            with self._cond:
-                self._exited = True
-                self._cond.notify_all()
 
 
 class Tracker:
@@ -283,20 +165,17 @@ class Tracker:
                 if record.step > self._logged_upto.get(record.key, -1):
                     self._logged_upto[record.key] = record.step
         self._tracking_uri = uri
-        self._log_every = log_every
         self._close_timeout = float(close_timeout)
         self._lock = threading.RLock()
-        self._buffer: list[_Entry] = []
-        self._buffered_steps = 0
-        self._last_step: int | None = None
+        self._steps = StepBuffer(log_every)
         self._known_keys: set[str] = set()
         self._stats_keys: dict[tuple[str, tuple[str, ...]], dict[str, tuple[str, ...]]] = {}
         self._nonfinite_warned: set[str] = set()
         self._closed = False
         self._sink_warned = False
-        self._uploader: _Uploader | None = None
+        self._uploader: Uploader | None = None
         if sink is not None:
-            self._uploader = _Uploader(sink, self._spool.dir, float(upload_interval))
+            self._uploader = Uploader(sink, self._spool.dir, float(upload_interval))
             self._uploader.start()
             self._uploader.request(urgent=True)  # create the MLflow run right away
 
@@ -350,21 +229,21 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float | Tensor], step: int = 0) -> None:
         """Log metrics now (per epoch, evaluation results, the final Δp). Tensors are copied
         to the host here, all in one transfer."""
-        step = _check_step(step)
+        step = check_step(step)
         with self._lock:
             self._check_open()
             ts = now_ms()
-            self._write_records(_to_records(self._entries(metrics, step, ts)))
+            self._write_records(to_records(entries(metrics, step, ts, self._check_key)))
             self._nudge()
 
     def log_step(self, values: Mapping[str, Tensor | float], step: int) -> None:
         """Log per-step values (losses, ...). Tensors stay on their device, buffered, until
         ``log_every`` steps are buffered; then all are copied to the host in one transfer.
         Values and steps are recorded exactly as :meth:`log_metrics` would record them."""
-        step = _check_step(step)
+        step = check_step(step)
         with self._lock:
             self._check_open()
-            self._buffer_entries(self._entries(values, step, now_ms()), step)
+            self._buffer_entries(entries(values, step, now_ms(), self._check_key), step)
 
     def log_balance_stats(self, stats: BalanceStats, step: int, *, prefix: str = "train/") -> None:
         """Log an ``mtlbalance.BalanceStats`` (what ``Balancer.backward`` returns) like
@@ -378,7 +257,7 @@ class Tracker:
                 f"stats must be the mtlbalance.BalanceStats returned by Balancer.backward, not "
                 f"{type(stats).__name__}"
             )
-        step = _check_step(step)
+        step = check_step(step)
         with self._lock:
             self._check_open()
             keys = self._balance_keys(prefix, stats.task_names)
@@ -402,8 +281,7 @@ class Tracker:
             with torch.no_grad():  # one small device copy of all parts; no host sync
                 flat = torch.cat([t.reshape(-1) for _, t in parts])
             all_keys = tuple(k for part, _ in parts for k in keys[part])
-            entries = [_Entry(step, now_ms(), all_keys, flat)]
-            self._buffer_entries(entries, step)
+            self._buffer_entries([Entry(step, now_ms(), all_keys, flat)], step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set run tags (values as ``str(value)``; a tag set again is overwritten)."""
@@ -483,9 +361,8 @@ class Tracker:
         with self._lock:
             if self._closed:
                 return
-            entries, self._buffer = self._buffer, []
             try:
-                records = _to_records(entries)
+                records = to_records(self._steps.drain())
             except Exception as e:  # e.g. the device error that ended the run breaks the copy
                 records = []
                 warnings.warn(
@@ -601,46 +478,6 @@ class Tracker:
             self._known_keys.add(key)
         return key
 
-    def _entries(self, values: Mapping[str, Tensor | float], step: int, ts: int) -> list[_Entry]:
-        if not isinstance(values, Mapping):
-            raise TypeError(
-                f"metrics must be a mapping of name to value, not {type(values).__name__}"
-            )
-        entries: list[_Entry] = []
-        float_keys: list[str] = []
-        floats: list[float] = []
-        on_device: dict[torch.device, tuple[list[str], list[Tensor]]] = {}
-        for key, value in values.items():
-            self._check_key(key)
-            if isinstance(value, Tensor):
-                if value.numel() != 1:
-                    raise ValueError(
-                        f"metric {key!r} is a tensor of shape {tuple(value.shape)}; log one "
-                        "value per key (one key per task, or log_balance_stats for BalanceStats)"
-                    )
-                if value.is_complex():
-                    raise TypeError(f"metric {key!r} is a complex tensor; log a real value")
-                group = on_device.setdefault(value.device, ([], []))
-                group[0].append(key)
-                group[1].append(value if value.dim() == 0 else value.reshape(()))
-            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-                float_keys.append(key)
-                floats.append(float(value))
-            else:
-                raise TypeError(
-                    f"metric {key!r} must be a float, an int or a one-element tensor, not "
-                    f"{type(value).__name__}"
-                )
-        if on_device:
-            # One small copy per device and step, detached from autograd (holds no graph);
-            # stack promotes mixed dtypes. No host sync.
-            with torch.no_grad():
-                for keys, tensors in on_device.values():
-                    entries.append(_Entry(step, ts, tuple(keys), torch.stack(tensors)))
-        if floats:
-            entries.append(_Entry(step, ts, tuple(float_keys), tuple(floats)))
-        return entries
-
     def _balance_keys(self, prefix: str, tasks: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
         cached = self._stats_keys.get((prefix, tasks))
         if cached is None:
@@ -652,19 +489,16 @@ class Tracker:
             self._stats_keys[(prefix, tasks)] = cached
         return cached
 
-    def _buffer_entries(self, entries: list[_Entry], step: int) -> None:
-        if step != self._last_step:
-            if self._buffered_steps >= self._log_every:
-                self._flush_buffer()
-            self._buffered_steps += 1
-            self._last_step = step
-        self._buffer.extend(entries)
+    def _buffer_entries(self, new: list[Entry], step: int) -> None:
+        due = self._steps.add(new, step)
+        if due:
+            self._write_records(to_records(due))
+            self._nudge()
 
     def _flush_buffer(self) -> None:
-        entries, self._buffer = self._buffer, []
-        self._buffered_steps, self._last_step = 0, None
-        if entries:
-            self._write_records(_to_records(entries))
+        due = self._steps.drain()
+        if due:
+            self._write_records(to_records(due))
             self._nudge()
 
     def _write_records(self, records: list[MetricRecord]) -> None:
