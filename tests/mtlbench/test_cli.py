@@ -279,3 +279,15 @@ def _stl_by_task(report, spec):
     for r in sorted(runs, key=lambda r: r.start_time):
         by_task.setdefault(r.stl_task, []).append(r)
     return by_task
+
+
+def test_the_command_line_starts_without_torch() -> None:
+    """`mtlbench --help` answers at once: importing the CLI imports neither torch nor mlflow
+    (they load when a command needs them)."""
+    code = "import sys, mtlbench.cli; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    help_out = subprocess.run(
+        [sys.executable, "-m", "mtlbench.cli", "--help"], capture_output=True, text=True
+    )
+    assert help_out.returncode == 0 and "run" in help_out.stdout and "report" in help_out.stdout

@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from mtltrain.tracking import DEFAULT_SPOOL_ROOT, default_tracking_uri
-from mtltrain.tracking.mlflow_sink import call_with_deadline, redact_uri
+from mtltrain.tracking.mlflow_sink import call_with_deadline, default_tracking_uri, redact_uri
+from mtltrain.tracking.spool import DEFAULT_SPOOL_ROOT
 
 from .report import (
     build_report,

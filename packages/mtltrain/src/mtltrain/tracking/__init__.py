@@ -17,10 +17,24 @@ Nothing here imports ``mlflow`` until a store is used.
 
 from __future__ import annotations
 
-from .mlflow_sink import MlflowSink, default_artifact_location, default_tracking_uri
-from .spool import DEFAULT_SPOOL_ROOT, MetricRecord, RunSpool, find_runs, validate_key
-from .sync import sync
-from .tracker import Tracker, TrackingWarning
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use: the spool and store helpers need no torch, so command-line tools
+# (``mtlbench --help``, ``mtlbench sync``) start fast.
+_EXPORTS = {
+    "DEFAULT_SPOOL_ROOT": "spool",
+    "MetricRecord": "spool",
+    "MlflowSink": "mlflow_sink",
+    "RunSpool": "spool",
+    "Tracker": "tracker",
+    "TrackingWarning": "tracker",
+    "default_artifact_location": "mlflow_sink",
+    "default_tracking_uri": "mlflow_sink",
+    "find_runs": "spool",
+    "sync": "sync",
+    "validate_key": "spool",
+}
 
 __all__ = [
     "DEFAULT_SPOOL_ROOT",
@@ -35,3 +49,19 @@ __all__ = [
     "sync",
     "validate_key",
 ]
+assert sorted(__all__) == sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .mlflow_sink import MlflowSink, default_artifact_location, default_tracking_uri
+    from .spool import DEFAULT_SPOOL_ROOT, MetricRecord, RunSpool, find_runs, validate_key
+    from .sync import sync
+    from .tracker import Tracker, TrackingWarning
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mtltrain.tracking' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
