@@ -4,6 +4,7 @@ MLflow SQLite store), report, an unreachable store and a later sync, bad specs."
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -291,3 +292,43 @@ def test_the_command_line_starts_without_torch() -> None:
         [sys.executable, "-m", "mtlbench.cli", "--help"], capture_output=True, text=True
     )
     assert help_out.returncode == 0 and "run" in help_out.stdout and "report" in help_out.stdout
+
+
+def test_no_library_chatter_on_the_terminal(specs: Path, tmp_path: Path) -> None:
+    """A run that creates a new MLflow store prints no MLflow INFO lines (they used to land in
+    the middle of the progress bar), and torch.fx's notice to library authors is dropped."""
+    import logging
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlbench.cli", "run", "tiny", "--methods", "ew", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MTLBENCH_SPECS": str(specs)},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "mlflow.db").is_file()  # a new store was created
+    assert "INFO mlflow" not in proc.stderr, proc.stderr
+
+    from torch.fx import _symbolic_trace
+
+    from mtlbench.cli import _quiet_libraries
+
+    _quiet_libraries()
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("torch.fx._symbolic_trace")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        _symbolic_trace.is_fx_tracing_warning.cache_clear()
+        _symbolic_trace.is_fx_tracing_warning()
+        logger.warning("another torch.fx warning")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another torch.fx warning"]

@@ -273,3 +273,36 @@ def test_resumed_run_continues_the_same_tracked_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="belongs to experiment"):
         Tracker("other", spool_root=spool, resume=run_id)
     assert RunSpool.open(spool / run_id).status == "FINISHED"  # left as it was
+
+
+def test_progress_bar_has_a_total_the_running_loss_and_the_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bar counts batches of a known total (so it can show an ETA), also when an epoch
+    resumes mid-way, shows each task's running training loss and the caller's label."""
+    trainer = P.build(
+        epochs=2, progress=True, progress_label="run 3 of 7", log_every=2,
+        checkpoint_dir=str(tmp_path), checkpoint_every=4, callbacks=[_stop_at(12)],
+    )  # fmt: skip
+    with pytest.raises(_Stop):
+        trainer.fit(*P.loaders())
+    err = capsys.readouterr().err
+    assert "run 3 of 7: epoch 1/2" in err
+    assert "0/8 [" in err  # 256 rows / batch 32: a total, not a bare count
+    assert "loss a " in err and ", b " in err
+    resumed = P.build(epochs=2, progress=True, checkpoint_dir=str(tmp_path))
+    resumed.fit(*P.loaders(), resume=True)
+    err = capsys.readouterr().err
+    assert "epoch 2/2:  50%" in err  # resumed at batch 4 of 8
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(n: int):
+    def stop(trainer: Trainer, step: int) -> None:
+        if step == n:
+            raise _Stop
+
+    return stop

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -202,8 +203,26 @@ def _store_deadlines(seconds: float | None) -> Iterator[None]:
             os.environ.pop(k, None)
 
 
+class _DropFxTracingNotice(logging.Filter):
+    """TorchRec's modules call torch.fx's deprecated ``is_fx_tracing``, which logs a notice
+    addressed to library authors on every run; a user of mtlbench cannot act on it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is_fx_tracing will return true" not in record.getMessage()
+
+
+def _quiet_libraries() -> None:
+    """Keep other libraries' chatter out of the progress bars: MLflow's INFO lines (schema
+    creation, ...) unless MLFLOW_LOGGING_LEVEL says otherwise, and torch.fx's notice."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    fx = logging.getLogger("torch.fx._symbolic_trace")
+    if not any(isinstance(f, _DropFxTracingNotice) for f in fx.filters):
+        fx.addFilter(_DropFxTracingNotice())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_libraries()
     try:
         with _store_deadlines(getattr(args, "store_timeout", None)):
             return int(_COMMANDS[args.command](args) or 0)

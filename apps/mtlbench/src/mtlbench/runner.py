@@ -134,11 +134,12 @@ def run_benchmark(
             "progress": progress,
             "log_every": log_every,
         }
-        for method, seed, task in planned:
+        for k, (method, seed, task) in enumerate(planned, 1):
             if method != STL:
                 continue
-            echo(f"[{spec.name}] stl ({task}), seed {seed}")
-            records.append(run_one(spec, STL, seed, stl_task=task, **common))
+            label = f"run {k} of {len(planned)}, stl ({task}) seed {seed}"
+            echo(f"[{spec.name}] {label}")
+            records.append(run_one(spec, STL, seed, stl_task=task, label=label, **common))
         earlier: list[RunRecord] = []
         if not records:
             earlier = earlier_stl_runs(spec, tracking_uri, spool_root, timeout=store_timeout)
@@ -149,13 +150,20 @@ def run_benchmark(
                 f"[{spec.name}] no STL runs cover every task: model selection uses each run's "
                 f"first epoch, test Δp uses {where}; add --stl for our own STL reference"
             )
-        for method, seed, _ in planned:
+        for k, (method, seed, _) in enumerate(planned, 1):
             if method == STL:
                 continue
-            echo(f"[{spec.name}] {method}, seed {seed}")
+            label = f"run {k} of {len(planned)}, {method} seed {seed}"
+            echo(f"[{spec.name}] {label}")
             records.append(
                 run_one(
-                    spec, method, seed, val_reference=val_ref, test_reference=test_ref, **common
+                    spec,
+                    method,
+                    seed,
+                    label=label,
+                    val_reference=val_ref,
+                    test_reference=test_ref,
+                    **common,
                 )
             )
     return records + earlier
@@ -226,6 +234,7 @@ def run_one(
     restart: bool = False,
     progress: bool | None = None,
     log_every: int = 50,
+    label: str | None = None,
 ) -> RunRecord:
     """Train one (method, seed[, STL task]) run of ``spec`` and return its record.
 
@@ -294,6 +303,7 @@ def run_one(
                 checkpoint_dir=str(ckpt_dir),
                 seed=seed,
                 progress=progress,
+                progress_label=label,
                 log_every=log_every,
             ),
             scheduler=scheduler,

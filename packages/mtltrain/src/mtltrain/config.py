@@ -41,8 +41,9 @@ class TrainerConfig:
         seed: seeds Python, NumPy and torch at the start of :meth:`Trainer.fit` (data order,
             dropout). Seed the model's initialisation yourself (:func:`seed_everything`).
         deterministic: ``torch.use_deterministic_algorithms(True)`` for the run.
-        progress: progress bars (tqdm) and one summary line per epoch; None: when stderr is a
-            terminal.
+        progress: progress bars (tqdm: batches done of the epoch, ETA, each task's running
+            training loss) and one summary line per epoch; None: when stderr is a terminal.
+        progress_label: shown in front of the bars (``mtlbench``: "run 3 of 12, dbmtl seed 1").
         init_scale, growth_interval: fp16 dynamic loss scale: start value, and how many
             finite steps in a row double it (an overflow halves it and skips the step).
     """
@@ -59,6 +60,7 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = False
     progress: bool | None = None
+    progress_label: str | None = None
     init_scale: float = 2.0**16
     growth_interval: int = 2000
 

@@ -43,7 +43,7 @@ from .checkpoint import (
 from .config import TrainerConfig
 from .deltap import Directions, Metrics, delta_p
 from .precision import Precision
-from .progress import Progress, rank
+from .progress import Progress, RunningLoss, rank
 from .results import EpochResult, FitResult, final_metrics, results_markdown
 from .selection import Selection
 from .task import Task
@@ -140,7 +140,7 @@ class Trainer:
         self.precision = Precision(
             config.precision, self.device.type, config.init_scale, config.growth_interval
         )
-        self.progress = Progress(config.progress)
+        self.progress = Progress(config.progress, config.progress_label)
         self.unpack = unpack or _default_unpack
         self.callbacks = list(callbacks)
         self._check_optimizer()
@@ -376,14 +376,23 @@ class Trainer:
         last_losses: dict[str, Tensor] | None = None
         last_batch: Any = None
         scale_kw = self.precision.backward_kwargs
-        for batch in self.progress.bar(
-            iterator, f"epoch {self.epoch + 1}/{cfg.epochs}", initial=self.batches_done
-        ):
+        total = len(train) if hasattr(train, "__len__") else None  # type: ignore[arg-type]
+        bar = self.progress.bar(
+            iterator, f"epoch {self.epoch + 1}/{cfg.epochs}", self.batches_done, total
+        )
+        running = (
+            RunningLoss(self.tasks, cfg.log_every) if hasattr(bar, "set_postfix_str") else None
+        )
+        for batch in bar:
             inputs, targets = self._unpack(batch)
             with self.precision.autocast():
                 rep, preds = self._forward(inputs)
             losses = self._losses(preds, targets)
             self.batches_done += 1
+            if running is not None:
+                running.add(losses)
+                if running.due() or self.batches_done == 1:
+                    bar.set_postfix_str(running.text(), refresh=False)  # type: ignore[attr-defined]
             if accumulated == 0:
                 self.optimizer.zero_grad(set_to_none=True)
             if cfg.accumulate == 1:
