@@ -77,3 +77,29 @@ def test_mean_std() -> None:
     assert mean_std([5.0]) == (5.0, 0.0)
     with pytest.raises(ValueError, match="at least one seed"):
         mean_std([])
+
+
+def test_tasks_with_unequal_numbers_of_metrics_are_averaged_per_task_first() -> None:
+    """Eq. (2): Δp = (1/T) Σ_t (1/N_t) Σ_i ±(M - M_STL)/M_STL · 100. With NYUv2's 2/2/5
+    metrics the per-task mean and the mean over all metrics differ; worked out by hand."""
+    directions = {
+        "seg": {"mIoU": True, "PAcc": True},
+        "depth": {"AErr": False, "RErr": False},
+        "normal": {"mean": False, "median": False, "11.25": True, "22.5": True, "30": True},
+    }
+    ref = {
+        "seg": {"mIoU": 50.0, "PAcc": 50.0},
+        "depth": {"AErr": 1.0, "RErr": 1.0},
+        "normal": {"mean": 10.0, "median": 10.0, "11.25": 10.0, "22.5": 10.0, "30": 10.0},
+    }
+    got = {
+        "seg": {"mIoU": 55.0, "PAcc": 50.0},  # +10%, 0%        -> task +5%
+        "depth": {"AErr": 1.0, "RErr": 1.0},  # 0%, 0%          -> task 0%
+        "normal": {"mean": 12.0, "median": 12.0, "11.25": 10.0, "22.5": 10.0, "30": 10.0},
+        # -20%, -20%, 0, 0, 0 -> task -8%
+    }
+    assert delta_p(got, ref, directions) == pytest.approx((5.0 + 0.0 - 8.0) / 3)
+    assert delta_p_per_task(got, ref, directions) == pytest.approx(
+        {"seg": 5.0, "depth": 0.0, "normal": -8.0}
+    )
+    # the mean over all 9 metrics would be (10 - 40) / 9 = -3.33, not -1.0

@@ -188,9 +188,14 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
 
 def test_bf16_autocast_trains() -> None:
     trainer = P.build(epochs=2, precision="bf16")
+    dtypes: list[torch.dtype] = []
+    trainer.model.enc[0].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
     result = trainer.fit(*P.loaders())
     assert all(v == v for t in result.test.values() for v in t.values())  # finite, not NaN
     assert result.history[-1].val_delta_p > 0  # it learned
+    # the shared layer ran in bfloat16 (autocast) in training and evaluation, never in fp32
+    assert set(dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 weights
 
 
 def test_after_step_hook_runs_for_famo() -> None:
@@ -237,6 +242,81 @@ def test_fp16_dynamic_loss_scale_skips_overflow_and_recovers() -> None:
     assert trainer.loss_scale < 2.0**30
     assert result.history[-1].val_delta_p > 0  # it still learned
     assert all(v == v for t in result.test.values() for v in t.values())
+
+
+def test_fp16_loss_scale_grows_after_growth_interval_finite_steps() -> None:
+    """No overflow at a small scale: S doubles every growth_interval steps (by hand: 24 steps,
+    interval 5 -> 4 doublings), and the scale is what the balancer was given."""
+    trainer = P.build(epochs=3, precision="fp16", init_scale=4.0, growth_interval=5)
+    given: list[float] = []
+    backward = trainer.balancer.backward
+
+    def spy(losses, **kw):
+        given.append(kw["loss_scale"])
+        return backward(losses, **kw)
+
+    trainer.balancer.backward = spy
+    result = trainer.fit(*P.loaders())
+    assert sum(h.skipped_steps for h in result.history) == 0
+    assert trainer.loss_scale == 4.0 * 2**4
+    assert given[0] == 4.0 and given[5] == 8.0 and given[-1] == 4.0 * 2**4
+
+
+def test_resume_keeps_the_fp16_loss_scale(tmp_path: Path) -> None:
+    """Killed after the scale changed, the resumed run continues with the same scale and
+    growth count as an uninterrupted run (bit-identical weights)."""
+    kw = {"precision": "fp16", "init_scale": 2.0**20, "growth_interval": 3,
+          "balancer_kw": {"engine": "loop"}}  # fmt: skip
+    reference = P.build(**kw)
+    ref = reference.fit(*P.loaders())
+    first = P.build(checkpoint_dir=str(tmp_path), checkpoint_every=2,
+                    callbacks=[_stop_at(6)], **kw)  # fmt: skip
+    with pytest.raises(_Stop):
+        first.fit(*P.loaders())
+    assert first.loss_scale != 2.0**20  # the scale moved before the kill
+    second = P.build(checkpoint_dir=str(tmp_path), **kw)
+    got = second.fit(*P.loaders(), resume=True)
+    assert second.loss_scale == reference.loss_scale
+    assert second.precision.good_steps == reference.precision.good_steps
+    assert got.test == ref.test
+    for k, v in _params(reference).items():
+        assert torch.equal(_params(second)[k], v), k
+
+
+def test_best_model_holds_the_selected_epochs_weights(tmp_path: Path) -> None:
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(trainer: Trainer, step: int) -> None:
+        if step % 8 == 0:  # 8 steps per epoch: the last step of epoch step // 8 - 1
+            weights[step // 8 - 1] = _params(trainer)
+
+    trainer = P.build(epochs=4, checkpoint_dir=str(tmp_path), callbacks=[keep], lr=3e-2)
+    result = trainer.fit(*P.loaders())
+    best = torch.load(tmp_path / "best_model.pt", weights_only=True)
+    assert result.best_epoch == max(result.history, key=lambda h: h.val_delta_p).epoch
+    for k, v in weights[result.best_epoch].items():
+        assert torch.equal(best[k], v), k
+    if result.best_epoch != 3:  # and not simply the last epoch's
+        assert any(not torch.equal(best[k], v) for k, v in weights[3].items())
+
+
+def test_evaluation_runs_in_eval_mode() -> None:
+    """Dropout is off while evaluating (the same metrics twice), and the model is back in
+    training mode afterwards."""
+    trainer = P.build(epochs=1, dropout=0.5)
+    _, val, _ = P.loaders()
+    trainer.model.train()
+    first, _ = trainer.evaluate(val)
+    second, _ = trainer.evaluate(val)
+    assert first == second
+    assert trainer.model.training
+    trainer.model.eval()
+    with torch.no_grad():
+        outs = [trainer.model(x)[1]["a"] for x, _ in val]
+    trainer.model.train()
+    manual = torch.cat(outs)
+    targets = torch.cat([y["a"] for _, y in val])
+    assert first["a"]["mae"] == pytest.approx((manual - targets).abs().mean().item(), rel=1e-5)
 
 
 def test_resumed_run_continues_the_same_tracked_run(tmp_path: Path) -> None:

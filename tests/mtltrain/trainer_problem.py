@@ -74,7 +74,10 @@ def build(
 ) -> Trainer:
     seed_everything(seed)
     model = Model(dropout)
-    balancer = mtlbalance.make(method, model.enc, dict(model.heads.items()), **(balancer_kw or {}))
+    # the engine is pinned: "auto" picks by timing, and two runs compared bit for bit must not
+    # be allowed to pick differently on a busy machine
+    balancer_kw = {"engine": "loop", **(balancer_kw or {})}
+    balancer = mtlbalance.make(method, model.enc, dict(model.heads.items()), **balancer_kw)
     opt = torch.optim.Adam([*model.parameters(), *balancer.parameters()], lr=lr)
     sched: Any = None
     if scheduler == "step":
