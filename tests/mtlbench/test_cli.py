@@ -264,6 +264,8 @@ def test_selection_and_report_use_the_same_stl_reference(
         for r in RunSpool.open(Path("mtlruns-spool") / ew_id).read_metrics()
         if r.key == "final/test/delta_p"
     }
+    tags = RunSpool.open(Path("mtlruns-spool") / ew_id).meta["tags"]
+    assert tags["mtlbench.selection"] == "stl"  # the earlier STL runs were reused
     assert logged["final/test/delta_p"] == pytest.approx(
         report.ours["ew"].delta_p_per_seed[0], rel=1e-12
     )
@@ -332,3 +334,59 @@ def test_no_library_chatter_on_the_terminal(specs: Path, tmp_path: Path) -> None
     finally:
         logger.removeHandler(handler)
     assert seen == ["another torch.fx warning"]
+
+
+def _final_test(run_dir: Path) -> dict[str, float]:
+    from mtltrain.tracking import RunSpool
+
+    return {
+        r.key: r.value
+        for r in RunSpool.open(run_dir).read_metrics()
+        if r.key.startswith("final/test/")
+    }
+
+
+def _only_run(spool: Path) -> Path:
+    (run,) = [p for p in spool.iterdir() if (p / "meta.json").is_file()]
+    return run
+
+
+def test_resume_continues_the_run(specs: Path, tmp_path: Path) -> None:
+    """One epoch, then --resume with two: the same tracked run goes on (every step once) and
+    ends exactly where an uninterrupted two-epoch run ends."""
+    from mtltrain.tracking import RunSpool
+
+    common = ["run", "tiny", "--methods", "ew", "--no-tracking", "--quiet"]
+    assert main([*common, "--epochs", "2", "--spool", "ref", "--out", "ref-out"]) == 0
+    assert main([*common, "--epochs", "1"]) == 0
+    assert main([*common, "--epochs", "2", "--resume"]) == 0
+    run = _only_run(Path("mtlruns-spool"))
+    steps = [r.step for r in RunSpool.open(run).read_metrics() if r.key == "train/loss/click"]
+    assert sorted(steps) == list(range(16))  # 512 / 64 = 8 steps per epoch, none twice
+    assert _final_test(run) == _final_test(_only_run(Path("ref")))
+
+
+def test_method_options_and_scheduler_reach_the_run(specs: Path) -> None:
+    """[method_options] change the balancer (DB-MTL without its EMA trains differently) and
+    [train] scheduler changes the learning rate the optimizer used; each alone."""
+    from mtltrain.tracking import RunSpool
+
+    common = ["run", "tiny", "--methods", "dbmtl", "--no-tracking", "--quiet"]
+    variants = {
+        "plain": TINY,
+        "options": TINY + "\n[method_options.dbmtl]\nbeta = 0.0\n",
+        "scheduler": TINY.replace(
+            "lr = 3e-3", 'lr = 3e-3\nscheduler = {type = "step", step_size = 1, gamma = 0.5}'
+        ),
+    }
+    runs = {}
+    for name, text in variants.items():
+        (specs / "tiny.toml").write_text(text)
+        assert main([*common, "--spool", name, "--out", f"{name}-out"]) == 0
+        runs[name] = _only_run(Path(name))
+    assert _final_test(runs["options"]) != _final_test(runs["plain"])
+    for name, halved in (("scheduler", True), ("plain", False), ("options", False)):
+        lr = {r.step: r.value for r in RunSpool.open(runs[name]).read_metrics()
+              if r.key == "train/lr"}  # fmt: skip
+        assert lr[0] == pytest.approx(3e-3)
+        assert lr[8] == pytest.approx(1.5e-3 if halved else 3e-3), name  # epoch 2

@@ -46,6 +46,11 @@ if TYPE_CHECKING:
 __all__ = ["Tracker", "TrackingWarning"]
 
 
+#: per metric, how many of a resumed run's newest spooled steps are remembered to skip exact
+#: repeats (the steps retrained between the checkpoint and the kill)
+_RESUME_MEMORY = 50_000
+
+
 class TrackingWarning(UserWarning):
     """Tracking to the MLflow store stopped (or lost buffered values); training goes on and the
     spool keeps every record."""
@@ -157,13 +162,17 @@ class Tracker:
                     f"run {resume!r} belongs to experiment {owner!r}, not {experiment!r}"
                 )
             self._spool = RunSpool.reopen(run_dir)
-        # A resumed run retrains the steps between its checkpoint and the kill; what the spool
-        # already holds for them (the same values: resume is exact) is not logged again.
-        self._logged_upto: dict[str, int] = {}
+        # A resumed run retrains the steps between its checkpoint and the kill and logs them
+        # again with the same values (resume is exact): a record equal to one the spool holds
+        # (key, step and value) is not written twice. The newest records of each key are
+        # enough: retrained steps come right after the checkpoint.
+        self._spooled: dict[str, dict[int, float]] = {}
         if resume is not None:
             for record in self._spool.read_metrics():
-                if record.step > self._logged_upto.get(record.key, -1):
-                    self._logged_upto[record.key] = record.step
+                recent = self._spooled.setdefault(record.key, {})
+                recent[record.step] = record.value
+                if len(recent) > _RESUME_MEMORY:
+                    del recent[next(iter(recent))]
         self._tracking_uri = uri
         self._close_timeout = float(close_timeout)
         self._lock = threading.RLock()
@@ -501,10 +510,13 @@ class Tracker:
             self._write_records(to_records(due))
             self._nudge()
 
+    def _already_spooled(self, r: MetricRecord) -> bool:
+        old = self._spooled.get(r.key, {}).get(r.step)
+        return old is not None and (old == r.value or (math.isnan(old) and math.isnan(r.value)))
+
     def _write_records(self, records: list[MetricRecord]) -> None:
-        if self._logged_upto:
-            upto = self._logged_upto
-            records = [r for r in records if r.step > upto.get(r.key, -1)]
+        if self._spooled:
+            records = [r for r in records if not self._already_spooled(r)]
         for r in records:
             if not math.isfinite(r.value) and r.key not in self._nonfinite_warned:
                 self._nonfinite_warned.add(r.key)
