@@ -66,20 +66,27 @@ def specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_help_of_every_command() -> None:
-    for args in ([], ["run"], ["report"], ["list"], ["ui"], ["sync"]):
+    """Every command's help names the command and the options it takes."""
+    expected = {
+        (): ["list", "run", "report", "ui", "sync", "--specs"],
+        ("run",): ["--methods", "--seeds", "--seed-list", "--stl", "--epochs", "--device",
+                   "--out", "--resume", "--restart", "--quiet", "--no-tracking",
+                   "--tracking-uri", "--spool", "--store-timeout"],
+        ("report",): ["--out", "--from-spool", "--tracking-uri", "--spool"],
+        ("list",): [],
+        ("ui",): ["--port", "--tracking-uri"],
+        ("sync",): ["--tracking-uri", "path"],
+    }  # fmt: skip
+    for args, options in expected.items():
         out = subprocess.run(
             [sys.executable, "-m", "mtlbench.cli", *args, "--help"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
-        assert "usage: mtlbench" in out
-    assert (
-        "--methods"
-        in subprocess.run(
-            [sys.executable, "-m", "mtlbench.cli", "run", "--help"], capture_output=True, text=True
-        ).stdout
-    )
+        assert out.startswith(f"usage: mtlbench {' '.join(args)}".rstrip()), out
+        missing = [o for o in options if o not in out]
+        assert not missing, (args, missing)
 
 
 def test_list(specs: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -81,3 +81,28 @@ def test_mae_is_reported_in_the_papers_units(cache: Path) -> None:
         metric.reset()
         metric.update(torch.ones(4), torch.zeros(4))  # |error| = 1 in normalised units
         assert metric.compute() == pytest.approx(std * PAPER_UNIT_FACTOR[task.name], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["qm9-quick", "qm9-cpu", "qm9"])
+def test_qm9_specs_build_on_a_small_cache(
+    name: str, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shipped QM9 spec builds its problem (tasks and directions as the spec declares,
+    the model's shared and task parameters) on a small cache in the real format; only the
+    data's size options are replaced, to fit it."""
+    import dataclasses
+
+    from mtlbench.runner import build_problem
+    from mtlbench.spec import find_spec
+
+    specs = Path(__file__).resolve().parents[2] / "benchmarks" / "specs"
+    spec = find_spec(name, specs)
+    data = {k: v for k, v in spec.data.items() if k not in ("split_file", "train_size",
+            "val_size", "test_size", "subset")}  # fmt: skip
+    spec = dataclasses.replace(spec, data={**data, "cache_dir": str(cache), "subset": 120})
+    problem = build_problem(spec)  # checks tasks and directions against the spec
+    assert [t.name for t in problem.tasks] == list(TASKS)
+    model = problem.make_model()
+    params = problem.balancer_parameters(model)
+    balancer = mtlbalance.make("dbmtl", params.shared, params.tasks)
+    assert balancer is not None and set(params.tasks) == set(TASKS)
