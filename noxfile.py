@@ -62,6 +62,9 @@ EXTRA_REQUIREMENTS: list[str] = [
     "mypy",
 ]
 
+# Only the `mutate` session needs these (installed by it, on first use).
+MUTATION_REQUIREMENTS: list[str] = ["cosmic-ray"]
+
 # Installed in a second pip call with `--no-deps`, after the above. torchrec goes here (and
 # "fbgemm-gpu-cpu" into EXTRA_REQUIREMENTS): torchrec declares the CUDA `fbgemm-gpu` build,
 # the wrong one for these machines. See constraints.txt.
@@ -210,3 +213,15 @@ def perf(session: nox.Session) -> None:
     """Step-time benchmark of the balancing overhead: benchmarks/perf/step_time.py {posargs}."""
     _ensure_env(session)
     _run(session, "python", str(REPO / "benchmarks" / "perf" / "step_time.py"), *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def mutate(session: nox.Session) -> None:
+    """Mutation testing (cosmic-ray) of the modules that decide results: nox -s mutate [--
+    TARGET ...] (targets: benchmarks/mutation/targets.toml; results: benchmarks/results/mutation/).
+    Slow: minutes to hours per target on 2 cores, so not part of CI's test run."""
+    _ensure_env(session)
+    with _env_lock():
+        _run(session, "python", "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS),
+             *MUTATION_REQUIREMENTS)  # fmt: skip
+    _run(session, "python", str(REPO / "benchmarks" / "mutation" / "run.py"), *session.posargs)

@@ -103,3 +103,15 @@ def test_tasks_with_unequal_numbers_of_metrics_are_averaged_per_task_first() -> 
         {"seg": 5.0, "depth": 0.0, "normal": -8.0}
     )
     # the mean over all 9 metrics would be (10 - 40) / 9 = -3.33, not -1.0
+
+
+def test_mean_std_of_two_seeds_and_non_positive_references() -> None:
+    """Sample std with n - 1 (two values a, b: |a - b| / √2), 0 for one value. A reference at or
+    below 0 is refused: for -2 -> -1 (better, higher is better) Eq. (2) would give -50%."""
+    assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
+    assert mean_std([5.0]) == (5.0, 0.0)
+    dirs = {"t": {"ll": True}}
+    for ref in (-2.0, 0.0):
+        with pytest.raises(ValueError, match=f"reference of t/ll is {ref}"):
+            delta_p({"t": {"ll": -1.0}}, {"t": {"ll": ref}}, dirs)
+    assert delta_p({"t": {"ll": 3.0}}, {"t": {"ll": 2.0}}, dirs) == pytest.approx(50.0)

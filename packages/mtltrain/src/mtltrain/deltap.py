@@ -33,10 +33,12 @@ def delta_p_per_task(
         for metric, higher in metrics.items():
             value = _lookup(results, task, metric, "results")
             ref = _lookup(reference, task, metric, "the STL reference")
-            if ref == 0:
+            if ref <= 0:
                 raise ValueError(
-                    f"the STL reference of {task}/{metric} is 0: Δp divides by it; use a metric "
-                    f"that is non-zero for the reference (e.g. an error rate instead of 0 errors)"
+                    f"the STL reference of {task}/{metric} is {ref}: Δp (Eq. (2)) divides by it "
+                    "and reads a larger value as better only for a positive reference; use a "
+                    "metric that is positive for the reference (e.g. an error rate instead of 0 "
+                    "errors, a loss instead of a negative score)"
                 )
             sign = 1.0 if higher else -1.0
             terms.append(sign * (value - ref) / ref)
