@@ -18,51 +18,7 @@ from mtlbench.spec import find_spec, load_spec
 from mtltrain.deltap import delta_p
 from mtltrain.tracking import TrackingWarning
 
-TINY = """
-name = "tiny"
-description = "a tiny synthetic spec for the tests"
-problem = "mtlbench.problems.synthetic:build"
-methods = ["ew", "dbmtl"]
-
-[data]
-n_train = 512
-n_val = 256
-n_test = 256
-seed = 3
-
-[model]
-hidden = 16
-layers = 1
-
-[train]
-epochs = 2
-batch_size = 64
-lr = 3e-3
-
-[tasks.click]
-auc = "higher"
-
-[tasks.rating]
-mae = "lower"
-
-[tasks.price]
-mae = "lower"
-
-[paper]
-source = "made-up numbers for the test"
-[paper.delta_p]
-ew = -1.5
-"""
-
-
-@pytest.fixture
-def specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "specs"
-    folder.mkdir()
-    (folder / "tiny.toml").write_text(TINY)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MTLBENCH_SPECS", str(folder))
-    return folder
+from .conftest import TINY
 
 
 def test_help_of_every_command() -> None:

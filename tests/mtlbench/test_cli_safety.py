@@ -23,46 +23,7 @@ import torch
 
 from mtlbench.cli import main
 
-TINY = """
-name = "tiny"
-description = "a tiny synthetic spec for the tests"
-problem = "mtlbench.problems.synthetic:build"
-methods = ["ew"]
-
-[data]
-n_train = 256
-n_val = 128
-n_test = 128
-seed = 3
-
-[model]
-hidden = 8
-layers = 1
-
-[train]
-epochs = 1
-batch_size = 64
-lr = 3e-3
-
-[tasks.click]
-auc = "higher"
-
-[tasks.rating]
-mae = "lower"
-
-[tasks.price]
-mae = "lower"
-"""
-
-
-@pytest.fixture
-def specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "specs"
-    folder.mkdir()
-    (folder / "tiny.toml").write_text(TINY)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MTLBENCH_SPECS", str(folder))
-    return folder
+from .conftest import TINY
 
 
 def _one_line_error(err: str, *needles: str) -> None:
@@ -73,7 +34,7 @@ def _one_line_error(err: str, *needles: str) -> None:
         assert needle in lines[0], (needle, lines[0])
 
 
-RUN = ["run", "tiny", "--no-tracking", "--quiet"]
+RUN = ["run", "tiny", "--methods", "ew", "--epochs", "1", "--no-tracking", "--quiet"]
 LAST = Path("mtlbench-out/checkpoints/tiny/ew-seed0/last.pt")
 
 
@@ -228,7 +189,7 @@ def test_a_stalled_store_does_not_hold_up_training(
 ) -> None:
     """Before: > 10 min waiting for the lookup of earlier STL runs. Now each store call has a
     deadline; the run warns, trains and keeps its records in the spool."""
-    cmd = [sys.executable, "-m", "mtlbench.cli", "run", "tiny", "--quiet", "--store-timeout", "2"]
+    cmd = [sys.executable, "-m", "mtlbench.cli", *RUN[:-2], "--quiet", "--store-timeout", "2"]
     start = time.monotonic()
     proc = subprocess.run(
         [*cmd, "--tracking-uri", stalled_server],
@@ -260,7 +221,7 @@ def test_secrets_in_the_tracking_uri_are_never_printed(
         port = s.getsockname()[1]
     uri = f"http://alice:s3cret@127.0.0.1:{port}"
     with pytest.warns(UserWarning):
-        assert main(["run", "tiny", "--quiet", "--tracking-uri", uri]) == 0
+        assert main([*RUN[:-2], "--quiet", "--tracking-uri", uri]) == 0
     assert main(["sync", "mtlruns-spool", "--tracking-uri", uri]) == 2
     out, err = capsys.readouterr()
     assert "alice:***@" in out + err

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mtltrain.tracking import RunSpool, Tracker, sync
-from mtltrain.trainer import Trainer, load_checkpoint_info
+from mtltrain.trainer import load_checkpoint_info
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("trainer_problem", HERE / "trainer_problem.py")
@@ -27,16 +27,8 @@ P: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(P)
 
 
-class Stop(Exception):
-    pass
-
-
-def _stop_at(step_to_stop: int):
-    def stop(trainer: Trainer, step: int) -> None:
-        if step == step_to_stop:
-            raise Stop
-
-    return stop
+Stop = P.Stop
+_stop_at = P.stop_at
 
 
 def _trained_checkpoint(tmp_path: Path) -> Path:

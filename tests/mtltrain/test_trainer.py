@@ -23,6 +23,7 @@ _spec = importlib.util.spec_from_file_location("trainer_problem", HERE / "traine
 assert _spec is not None and _spec.loader is not None
 P: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(P)
+_Stop, _stop_at = P.Stop, P.stop_at
 
 DIRS = {"a": {"mae": False}, "b": {"mae": False}}
 
@@ -374,15 +375,3 @@ def test_progress_bar_has_a_total_the_running_loss_and_the_label(
     resumed.fit(*P.loaders(), resume=True)
     err = capsys.readouterr().err
     assert "epoch 2/2:  50%" in err  # resumed at batch 4 of 8
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(n: int):
-    def stop(trainer: Trainer, step: int) -> None:
-        if step == n:
-            raise _Stop
-
-    return stop

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -98,6 +99,20 @@ def build(
         scheduler=sched,
         **trainer_kw,
     )
+
+
+class Stop(Exception):
+    """Raised by :func:`stop_at`: a run interrupted in-process (a kill, for the tests)."""
+
+
+def stop_at(step_to_stop: int) -> Callable[[Trainer, int], None]:
+    """A trainer callback that raises :class:`Stop` after optimizer step ``step_to_stop``."""
+
+    def stop(trainer: Trainer, step: int) -> None:
+        if step == step_to_stop:
+            raise Stop
+
+    return stop
 
 
 def main() -> None:

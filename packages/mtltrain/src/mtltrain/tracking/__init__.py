@@ -17,8 +17,9 @@ Nothing here imports ``mlflow`` until a store is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 # Imported on first use: the spool and store helpers need no torch, so command-line tools
 # (``mtlbench --help``, ``mtlbench sync``) start fast.
@@ -58,10 +59,4 @@ if TYPE_CHECKING:
     from .tracker import Tracker, TrackingWarning
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mtltrain.tracking' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
