@@ -184,9 +184,10 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
     """The README's main job: STL, EW, DB-MTL and baselines on generated data, tracked in MLflow
-    (./mlflow.db), then the Δp table: mtlbench run synthetic-hetero --stl {posargs}."""
+    (./mlflow.db), then the Δp table: mtlbench run synthetic-hetero --stl --restart {posargs}.
+    --restart: running the demo again starts its runs over (the report keeps the newest)."""
     _ensure_env(session)
-    _run(session, "mtlbench", "run", "synthetic-hetero", "--stl", *session.posargs)
+    _run(session, "mtlbench", "run", "synthetic-hetero", "--stl", "--restart", *session.posargs)
 
 
 @nox.session(venv_backend="none")
