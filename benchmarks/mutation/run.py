@@ -130,8 +130,12 @@ def run_target(name: str, target: dict[str, object], root: Path, timeout: float)
 
 
 def _reviewed_reason(module: str, m: Mutant, reviewed: list[dict[str, str]]) -> str | None:
-    for r in reviewed:
-        if r["module"] == module and r["removed"] == m.removed and r["added"] == m.added:
+    for r in reviewed:  # without "added": every mutant of that line
+        if (
+            r["module"] == module
+            and r["removed"] == m.removed
+            and r.get("added", m.added) == m.added
+        ):
             return r["reason"]
     return None
 
