@@ -28,7 +28,7 @@ import torch
 
 from ._diagnose import exact_line, frame_paths, reading
 from .batch import Jagged, RecBatch, RecInputs
-from .errors import ORIGIN_COLUMNS, ORIGIN_FILE, ORIGIN_ROW, DataError
+from .errors import ORIGIN_COLUMNS, ORIGIN_FILE, ORIGIN_ROW, DataError, show_value
 
 __all__ = [
     "LABEL_KINDS",
@@ -537,10 +537,7 @@ def _check_labels(
                 raise hit.error(
                     "a binary label must be 0 or 1, not {value}",
                     lab.col,
-                    "Name the value(s) that mean 1: positive = "
-                    f"[{json.dumps(str(hit.value), ensure_ascii=False)}] in the task's spec "
-                    "entry (Label(positive=[...]) in Python); or fix or drop the row; or make "
-                    "the task's kind 'regression' or 'multiclass'",
+                    _positive_hint(lf, lab.col, hit.value),
                     lab.task,
                 )
         elif lab.kind == "binary" and lab.negative is not None:
@@ -591,6 +588,31 @@ def _check_labels(
                     how,
                     lab.task,
                 )
+
+
+def _positive_hint(lf: pl.LazyFrame | pl.DataFrame, col: str, value: Any) -> str:
+    """The fix for a text label in a binary task: name the positive value(s), with the
+    column's values and counts to choose from (the rarer of two suggested, as a guess)."""
+    counts = (
+        lf.lazy()
+        .select(pl.col(col).cast(pl.String).alias("v"))
+        .drop_nulls()
+        .group_by("v")
+        .agg(pl.len().alias("n"))
+        .sort(["n", "v"], descending=[True, False])
+        .head(6)
+        .collect()
+    )
+    pairs = list(counts.iter_rows())
+    shown = ", ".join(f"{show_value(v)} ({n:,} row{'s' if n > 1 else ''})" for v, n in pairs[:5])
+    shown += ", ..." if len(pairs) > 5 else ""
+    guess = pairs[-1][0] if len(pairs) == 2 else str(value)
+    example = json.dumps(str(guess), ensure_ascii=False)
+    return (
+        f"These rows hold {shown}. Name the value(s) that mean 1 in the task's spec entry, "
+        f"e.g. positive = [{example}] (Label(positive=[...]) in Python); or fix or drop the "
+        "row; or make the task's kind 'regression' or 'multiclass'"
+    )
 
 
 def _fit_labels(
