@@ -4,10 +4,10 @@ valid spec that builds, and specs ship with the package so `mtlbench list` works
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -21,6 +21,13 @@ from mtlbench.spec import PACKAGED_SPECS, find_spec, list_specs, load_spec
 from mtlrec._toml import toml_key, toml_str, toml_value
 from mtlrec.draft import draft_table_spec
 
+_HELPER = Path(__file__).with_name("census_like.py")  # loaded by path: --import-mode=importlib
+_spec = importlib.util.spec_from_file_location("census_like", _HELPER)
+assert _spec is not None and _spec.loader is not None
+census_like_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(census_like_module)
+write_census_like = census_like_module.write_census_like
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,9 +38,9 @@ def _lines(text: str) -> dict[str, str]:
 
 
 def test_draft_of_a_census_like_file(
-    tmp_path: Path, census_like: Callable[[Path, int], Path]
+    tmp_path: Path,
 ) -> None:
-    path = census_like(tmp_path / "census-income.test.gz", 400)
+    path = write_census_like(tmp_path / "census-income.test.gz", 400)
     draft = draft_table_spec(path)
     raw = tomllib.loads(draft.text)
     data = raw["data"]
@@ -58,10 +65,8 @@ def test_draft_of_a_census_like_file(
         assert "GUESS" in line, line
 
 
-def test_the_draft_builds_as_it_is(
-    tmp_path: Path, census_like: Callable[[Path, int], Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    census_like(tmp_path / "census.txt", 300)
+def test_the_draft_builds_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_census_like(tmp_path / "census.txt", 300)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.toml").write_text(draft_table_spec("census.txt").text)
     spec = load_spec(tmp_path / "c.toml")
@@ -109,11 +114,10 @@ def test_a_numeric_last_column_is_guessed_regression(tmp_path: Path) -> None:
 
 def test_init_spec_command_writes_refuses_to_overwrite_and_prints(
     tmp_path: Path,
-    census_like: Callable[[Path, int], Path],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    census_like(tmp_path / "census-income.test.gz", 200)
+    write_census_like(tmp_path / "census-income.test.gz", 200)
     monkeypatch.chdir(tmp_path)
     assert main(["init-spec", "census-income.test.gz", "--name", "census"]) == 0
     out = capsys.readouterr().out

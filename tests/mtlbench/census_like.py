@@ -1,15 +1,14 @@
-"""Shared fixtures of the mtlbench tests: a small file in the format of UCI Census-Income (KDD)
-— 42 fields separated by ", ", no header, "?" for missing values, string labels — written
-fresh by the tests (the real file is never copied)."""
+"""A small file in the format of UCI Census-Income (KDD) — 42 fields separated by ", ", no
+header, "?" for missing values, string labels — written fresh by the tests (the real file is
+never copied). Loaded by file path (tests use --import-mode=importlib), as
+tests/mtltrain/trainer_problem.py is."""
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 _TEXT = {
     2: ["Not in universe", "Private", "Self-employed-not incorporated", "Local government"],
@@ -74,19 +73,13 @@ def census_like_rows(n: int, seed: int = 0) -> list[str]:
     return lines
 
 
-@pytest.fixture
-def census_like() -> Callable[[Path, int], Path]:
-    """``write(path, rows)``: write a Census-Income-like file (gzipped when ``path`` ends in
-    ``.gz``) and return its path."""
-
-    def write(path: Path, rows: int = 400) -> Path:
-        text = "\n".join(census_like_rows(rows)) + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "wt", encoding="utf-8") as fh:
-                fh.write(text)
-        else:
-            path.write_text(text)
-        return path
-
-    return write
+def write_census_like(path: Path, rows: int = 400) -> Path:
+    """Write ``rows`` Census-Income-like lines to ``path`` (gzipped when it ends in ``.gz``)."""
+    text = "\n".join(census_like_rows(rows)) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text)
+    return path
