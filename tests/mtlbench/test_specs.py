@@ -1,5 +1,6 @@
-"""Every spec shipped under benchmarks/specs parses, names an importable problem builder and,
-for the cheap ones, builds a problem whose tasks and metric directions match the spec."""
+"""Every spec shipped with mtlbench (mtlbench/specs/) parses, names an importable problem
+builder and, for the cheap ones, builds a problem whose tasks and metric directions match the
+spec."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from mtlbench.runner import build_problem
-from mtlbench.spec import list_specs
+from mtlbench.spec import PACKAGED_SPECS, load_spec
 
-SPECS = Path(__file__).resolve().parents[2] / "benchmarks" / "specs"
-ALL = list_specs(SPECS)
+ROOT = Path(__file__).resolve().parents[2]
+ALL = sorted((load_spec(p) for p in PACKAGED_SPECS.glob("*.toml")), key=lambda s: s.name)
 
 
 def test_specs_exist() -> None:
@@ -27,7 +28,7 @@ def test_spec_builder_imports(spec) -> None:  # type: ignore[no-untyped-def]
     assert spec.methods and all(m != "stl" for m in spec.methods)
 
 
-CENSUS = SPECS.parents[2] / "shared" / "data" / "census-income"
+CENSUS = ROOT.parent / "shared" / "data" / "census-income"
 BUILDABLE = ["synthetic-hetero", "mmoe-synthetic", "synthetic-log-mmoe"]
 if CENSUS.is_dir():  # the census specs read ../shared/data from the repository root
     BUILDABLE += [s.name for s in ALL if s.name.startswith("census-income-")]
@@ -35,7 +36,7 @@ if CENSUS.is_dir():  # the census specs read ../shared/data from the repository 
 
 @pytest.mark.parametrize("name", BUILDABLE)
 def test_problems_match_their_specs(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(SPECS.parents[1])
+    monkeypatch.chdir(ROOT)
     spec = next(s for s in ALL if s.name == name)
     problem = build_problem(spec)  # raises if tasks or directions differ from the spec
     assert [t.name for t in problem.tasks] == list(spec.tasks)

@@ -272,10 +272,13 @@ def test_esmm_bad_label_names_the_line(tmp_path: Path) -> None:
     lines[4] = "5,yes,0,101:5,205:6"  # line 5
     path = _write(tmp_path / "esmm.txt", lines)
     src = read_ali_ccp_esmm(path)
-    fitted = src.spec.fit(src.frame)
+    # fitting checks the training labels: the bad one stops it, before anything trains
+    err = _raises(lambda: src.spec.fit(src.frame))
+    assert (err.path, err.line, err.row, err.column) == (str(path), 5, 5, "click")
+    assert "must be 0 or 1, not 'yes'" in str(err) and 'positive = ["yes"]' in str(err)
+    fitted = src.spec.fit(src.frame.filter(pl.col("click") != "yes"))
     err = _raises(lambda: fitted.transform(src.frame))
     assert (err.path, err.line, err.row, err.column) == (str(path), 5, 5, "click")
-    assert "not a number" in str(err) and "'yes'" in str(err)
 
 
 def test_long_value_is_cut_and_error_pickles(tmp_path: Path) -> None:

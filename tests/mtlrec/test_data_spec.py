@@ -44,7 +44,11 @@ def _spec(**kw: object) -> FeatureSpec:
         sparse=[SparseFeature("cat", **kw)],  # type: ignore[arg-type]
         multi_hot=[MultiHotFeature("tags")],
         dense=[DenseFeature("num", nulls="mean")],
-        labels=[Label("ctr", column="y"), Label("time", "regression", column="t")],
+        # raw targets: these tests follow the rows' values through transforms and loaders
+        labels=[
+            Label("ctr", column="y"),
+            Label("time", "regression", column="t", standardize=False),
+        ],
     )
 
 

@@ -38,10 +38,14 @@ def test_mmoe_synthetic_correlation_knob() -> None:
     assert np.allclose(same["y1"].to_numpy(), same["y2"].to_numpy())
     # Seeded: same seed, same data.
     assert mmoe_synthetic(50, 0.5, seed=3).equals(mmoe_synthetic(50, 0.5, seed=3))
-    fitted = mmoe_synthetic_spec(20).fit(low)
+    fitted = mmoe_synthetic_spec(20, standardize=False).fit(low)
     out = fitted.transform(low)
     assert out.inputs.dense.shape == (4000, 20)
     assert torch.equal(out.labels["y1"], torch.tensor(low["y1"].to_numpy(), dtype=torch.float32))
+    # by default the targets are standardised with the fitted frame's mean and std
+    y1 = low["y1"].to_numpy()
+    std = mmoe_synthetic_spec(20).fit(low).transform(low).labels["y1"].numpy()
+    np.testing.assert_allclose(std, (y1 - y1.mean()) / y1.std(), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="correlation"):
         mmoe_synthetic(10, 1.5)
 
@@ -76,14 +80,18 @@ def test_synthetic_log_correlation_knob() -> None:
 
 
 def test_synthetic_log_loss_scales_differ() -> None:
+    """In raw seconds (standardize=False) the dwell MSE dwarfs the click BCE; standardised
+    (the default) it is the target's variance, 1."""
     df = synthetic_log(5000, seed=0, num_sparse=3, num_dense=2)
-    out = synthetic_log_spec(3, 2).fit(df).transform(df)
+    out = synthetic_log_spec(3, 2, standardize=False).fit(df).transform(df)
     y = out.labels
     bce = torch.nn.functional.binary_cross_entropy(
         torch.full_like(y["click"], float(y["click"].mean())), y["click"]
     )
     mse = torch.mean((y["dwell"] - y["dwell"].mean()) ** 2)
     assert mse > 100 * bce
+    dwell = synthetic_log_spec(3, 2).fit(df).transform(df).labels["dwell"]
+    assert float(torch.mean((dwell - dwell.mean()) ** 2)) == pytest.approx(1.0, rel=1e-4)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

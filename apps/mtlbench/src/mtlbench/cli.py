@@ -28,6 +28,7 @@ from types import FrameType
 from mtltrain.tracking.mlflow_sink import call_with_deadline, default_tracking_uri, redact_uri
 from mtltrain.tracking.spool import DEFAULT_SPOOL_ROOT
 
+from . import initspec
 from .report import (
     build_report,
     collect_runs,
@@ -162,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     _add_store_options(ui, no_tracking=False)
+
+    initspec.add_parser(sub)
 
     sync = sub.add_parser("sync", help="upload a spool (or one run in it) to an MLflow store")
     sync.add_argument(
@@ -364,6 +367,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"list": _list, "run": _run, "report": _report, "ui": _ui, "sync": _sync}
+_COMMANDS["init-spec"] = initspec.command
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Benchmark specs: one TOML file per benchmark under ``benchmarks/specs/``.
+"""Benchmark specs: one TOML file per benchmark.
+
+Where specs are found: a spec given by path (``mtlbench run ./my.toml``); else by name in the
+folder of ``--specs DIR`` or ``$MTLBENCH_SPECS`` (searched first), then among the specs
+shipped with mtlbench (``mtlbench/specs/*.toml``, package data, so ``mtlbench list`` works
+anywhere). The repository's ``benchmarks/specs/`` only points there: each spec has one copy.
 
 A spec is data, except for one line: the problem builder to call (``"module:function"``),
 which is imported and run with the spec's data and model options. So a spec is as trusted as
@@ -50,12 +55,14 @@ from typing import Any
 from mtltrain.config import TrainerConfig
 
 __all__ = [
+    "PACKAGED_SPECS",
     "PaperTable",
     "Spec",
     "TrainSpec",
     "find_spec",
     "list_specs",
     "load_spec",
+    "spec_dirs",
     "specs_dir",
 ]
 
@@ -173,45 +180,68 @@ class Spec:
 
 
 # ---------------------------------------------------------------------------------- loading
-def specs_dir(start: str | os.PathLike[str] | None = None) -> Path:
-    """Where specs live: ``$MTLBENCH_SPECS``, else the first ``benchmarks/specs`` found in the
-    current directory or one of its parents."""
-    env = os.environ.get(SPECS_ENV)
-    if env:
-        path = Path(env)
-        if not path.is_dir():
-            raise FileNotFoundError(f"${SPECS_ENV}={env!r} is not a directory")
-        return path
-    here = Path(start or Path.cwd()).absolute()
-    for folder in (here, *here.parents):
-        candidate = folder / "benchmarks" / "specs"
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"no benchmarks/specs folder in {here} or its parents: run mtlbench inside the "
-        f"mtlbalance repository, set ${SPECS_ENV}, or pass --specs DIR / a spec file path"
-    )
+PACKAGED_SPECS = Path(__file__).resolve().parent / "specs"
+"""The specs shipped with mtlbench (package data)."""
+
+
+def specs_dir(directory: str | os.PathLike[str] | None = None) -> Path | None:
+    """The user's spec folder: ``directory`` (``--specs``), else ``$MTLBENCH_SPECS``, else
+    None (only the shipped specs). A folder that does not exist is an error."""
+    if directory is not None:
+        path, what = Path(directory), f"--specs {str(directory)!r}"
+    elif os.environ.get(SPECS_ENV):
+        path, what = Path(os.environ[SPECS_ENV]), f"${SPECS_ENV}={os.environ[SPECS_ENV]!r}"
+    else:
+        return None
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} is not a directory")
+    return path
+
+
+def spec_dirs(directory: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The folders searched for a spec by name, in order: the user's (:func:`specs_dir`),
+    then :data:`PACKAGED_SPECS`."""
+    user = specs_dir(directory)
+    dirs = [user] if user is not None else []
+    if PACKAGED_SPECS.is_dir() and not any(_same(d, PACKAGED_SPECS) for d in dirs):
+        dirs.append(PACKAGED_SPECS)
+    return dirs
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
 
 
 def list_specs(directory: str | os.PathLike[str] | None = None) -> list[Spec]:
-    """Every spec in ``directory`` (default :func:`specs_dir`), sorted by name."""
-    folder = Path(directory) if directory is not None else specs_dir()
-    return sorted((load_spec(p) for p in folder.glob("*.toml")), key=lambda s: s.name)
+    """Every spec of :func:`spec_dirs` sorted by name; a spec of the user's folder hides a
+    shipped one of the same name."""
+    found: dict[str, Spec] = {}
+    for folder in spec_dirs(directory):
+        for path in sorted(folder.glob("*.toml")):
+            spec = load_spec(path)
+            found.setdefault(spec.name, spec)
+    return sorted(found.values(), key=lambda s: s.name)
 
 
 def find_spec(name_or_path: str, directory: str | os.PathLike[str] | None = None) -> Spec:
-    """A spec by name (``census-income``) or by path to its TOML file."""
+    """A spec by name (``census-income-mmoe``: the file ``<name>.toml`` in :func:`spec_dirs`)
+    or by path to its TOML file."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"spec file {str(path)!r} does not exist")
         return load_spec(path)
-    folder = Path(directory) if directory is not None else specs_dir()
-    candidate = folder / f"{name_or_path}.toml"
-    if candidate.is_file():
-        return load_spec(candidate)
-    known = sorted(p.stem for p in folder.glob("*.toml"))
-    raise ValueError(f"no spec named {name_or_path!r} in {folder}; known specs: {known}")
+    dirs = spec_dirs(directory)
+    for folder in dirs:
+        candidate = folder / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return load_spec(candidate)
+    known = sorted({p.stem for folder in dirs for p in folder.glob("*.toml")})
+    where = ", ".join(str(d) for d in dirs) or "no folder"
+    raise ValueError(
+        f"no spec named {name_or_path!r} in {where}; known specs: {known} (or give a spec "
+        "file's path; `mtlbench init-spec FILE` drafts one for a table)"
+    )
 
 
 def load_spec(path: str | os.PathLike[str]) -> Spec:

@@ -1,11 +1,16 @@
 """Problem builders for ``mtlbench`` specs (``problem = "mtlrec.bench:<name>"``).
 
 Each builder takes a spec's ``[data]`` and ``[model]`` options and returns a
-:class:`mtltrain.problem.Problem`. ``[model]`` options: ``arch`` (``sharedbottom``, ``omoe``,
-``mmoe``, ``cgc``, ``ple``, ``esmm``, ``aitm``), ``embedding_dim``, ``tables`` (``"approx"``:
-embedding tables balanced by DB-MTL's per-task factors, one backward; ``"exact"``: tables in
-the per-task gradient matrix), and anything the architecture's constructor takes
-(``num_experts``, ``expert``, ``tower``, ...).
+:class:`mtltrain.problem.Problem`. :func:`table` reads any CSV/Parquet file described by the
+spec alone (see :mod:`mtlrec.table`); the others build one data set each. ``[model]``
+options: ``arch`` (``shared_bottom``, ``omoe``, ``mmoe``, ``cgc``, ``ple``, ``esmm``,
+``aitm``), ``embedding_dim``, ``tables`` (``"approx"``: embedding tables balanced by DB-MTL's
+per-task factors, one backward; ``"exact"``: tables in the per-task gradient matrix), and
+anything the architecture's constructor takes (``num_experts``, ``expert``, ``tower``, ...).
+
+Regression targets are standardised with the training split's mean and std by default
+(``standardize = false`` turns it off): the model learns ``(y - μ) / σ`` and MAE / MSE (and
+so Δp) are reported in the target's own units.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from .data import (
 )
 from .metrics import make_task
 from .models import make_model
+from .table import parse_table_data
 
-__all__ = ["census_income_problem", "mmoe_synthetic_problem", "synthetic_log_problem"]
+__all__ = ["census_income_problem", "mmoe_synthetic_problem", "synthetic_log_problem", "table"]
 
 _MODEL_KEYS = ("arch", "embedding_dim", "tables")
 
@@ -57,12 +63,24 @@ def _problem(
     kinds = dict(fitted.task_kinds)
     dense_dim = len(fitted.dense_names)
     train, val, test = (fitted.transform(s) for s in splits)
+    classes = fitted.num_classes
+    if classes:  # only then: ESMM takes no num_classes
+        options["num_classes"] = classes
 
     def build() -> Any:
         return make_model(arch, features, kinds, dense_dim=dense_dim, **options)
 
     build()  # fail now, not in the first run, on a bad option
-    tasks = [make_task(t, kinds[t], list(metrics[t])) for t in kinds]
+    tasks = [
+        make_task(
+            t,
+            kinds[t],
+            list(metrics[t]),
+            target_std=fitted.label_scale(t)[1],
+            num_classes=classes.get(t),
+        )
+        for t in kinds
+    ]
     info = {
         **info,
         "arch": arch,
@@ -70,6 +88,7 @@ def _problem(
         "features": len(features),
         "dense": dense_dim,
         "embedding_rows": sum(r for r, _ in features.values()),
+        **{f"target_scale.{t}": list(fitted.label_scale(t)) for t in fitted.label_stats},
     }
     return Problem(
         tasks=tasks,
@@ -100,27 +119,36 @@ def census_income_problem(*, data: Mapping[str, Any], model: Mapping[str, Any]) 
 
 def mmoe_synthetic_problem(*, data: Mapping[str, Any], model: Mapping[str, Any]) -> Problem:
     """The MMoE paper's synthetic regression pair with task correlation ``correlation``
-    (``[data]``: ``n``, ``correlation``, ``dim``, ``seed``)."""
-    d = _options(data, {"n": 20000, "correlation": 0.5, "dim": 100, "seed": 0}, "data")
+    (``[data]``: ``n``, ``correlation``, ``dim``, ``seed``, ``standardize``)."""
+    defaults = {"n": 20000, "correlation": 0.5, "dim": 100, "seed": 0, "standardize": True}
+    d = _options(data, defaults, "data")
     frame = mmoe_synthetic(
         int(d["n"]), float(d["correlation"]), dim=int(d["dim"]), seed=int(d["seed"])
     )
     train, val, test = split_frame(frame, (0.7, 0.15, 0.15), int(d["seed"]))
-    fitted = mmoe_synthetic_spec(dim=int(d["dim"])).fit(train)
+    spec = mmoe_synthetic_spec(dim=int(d["dim"]), standardize=_flag(d, "standardize"))
     return _problem(
-        fitted,
+        spec.fit(train),
         (train, val, test),
         model,
         {"y1": ["mse"], "y2": ["mse"]},
-        {"n": d["n"], "correlation": d["correlation"]},
+        {"n": d["n"], "correlation": d["correlation"], "standardize": d["standardize"]},
     )
 
 
 def synthetic_log_problem(*, data: Mapping[str, Any], model: Mapping[str, Any]) -> Problem:
     """The Criteo-shaped synthetic log: click and conversion (binary) and dwell time in
-    seconds (regression) — losses of very different scales (``[data]``: ``n``, ``seed``,
-    ``num_sparse``, ``num_dense``, ``correlation``)."""
-    defaults = {"n": 50000, "seed": 0, "num_sparse": 8, "num_dense": 4, "correlation": 0.5}
+    seconds (regression) (``[data]``: ``n``, ``seed``, ``num_sparse``, ``num_dense``,
+    ``correlation``, ``standardize``). With ``standardize = false`` the dwell loss is an MSE
+    in s², orders of magnitude above the two BCEs: the heterogeneous loss-scale case."""
+    defaults = {
+        "n": 50000,
+        "seed": 0,
+        "num_sparse": 8,
+        "num_dense": 4,
+        "correlation": 0.5,
+        "standardize": True,
+    }
     d = _options(data, defaults, "data")
     frame = synthetic_log(
         int(d["n"]),
@@ -130,7 +158,29 @@ def synthetic_log_problem(*, data: Mapping[str, Any], model: Mapping[str, Any]) 
         correlation=float(d["correlation"]),
     )
     train, val, test = split_frame(frame, (0.7, 0.15, 0.15), int(d["seed"]))
-    spec = synthetic_log_spec(int(d["num_sparse"]), int(d["num_dense"]), min_count=2)
+    spec = synthetic_log_spec(
+        int(d["num_sparse"]),
+        int(d["num_dense"]),
+        min_count=2,
+        standardize=_flag(d, "standardize"),
+    )
     fitted = spec.fit(train)
     metrics = {"click": ["auc"], "conversion": ["auc"], "dwell": ["mae"]}
     return _problem(fitted, (train, val, test), model, metrics, dict(d))
+
+
+def table(*, data: Mapping[str, Any], model: Mapping[str, Any]) -> Problem:
+    """Any CSV/TSV/Parquet table described by the spec's ``[data]`` alone: the file(s), how
+    to read them, every column's role (feature kind, ignored, or a task: binary with named
+    positive values, regression, multiclass) — see :mod:`mtlrec.table`;
+    ``mtlbench init-spec FILE`` drafts it."""
+    parsed = parse_table_data(data)
+    train, val, test, info = parsed.splits()
+    fitted = parsed.spec.fit(train)
+    return _problem(fitted, (train, val, test), model, parsed.metrics, info)
+
+
+def _flag(d: Mapping[str, Any], key: str) -> bool:
+    if not isinstance(d[key], bool):
+        raise ValueError(f"[data] {key} must be true or false, not {d[key]!r}")
+    return bool(d[key])

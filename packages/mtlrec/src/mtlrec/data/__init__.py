@@ -4,7 +4,7 @@
   as JSON) turn frames into tensors (:class:`RecBatch`: :class:`RecInputs` + labels).
 - Readers for real formats return lazy frames and their spec: :func:`census_income`,
   :func:`read_aliexpress`, :func:`read_ali_ccp_csv`, :func:`read_ali_ccp_esmm`,
-  :func:`read_criteo`, :func:`read_table`.
+  :func:`read_criteo`, :func:`read_table` (any CSV/Parquet: :func:`scan_table`).
 - Generators: :func:`mmoe_synthetic`, :func:`synthetic_log`.
 - Loaders: :class:`RecLoader` (in memory), :func:`iter_batches` / :class:`LazyLoader`
   (streamed from a file).
@@ -32,9 +32,11 @@ from .readers import (
     read_aliexpress,
     read_criteo,
     read_table,
+    scan_table,
     split_frame,
 )
 from .spec import (
+    LABEL_KINDS,
     NULL_TOKEN,
     DataError,
     DenseFeature,
@@ -56,6 +58,7 @@ __all__ = [
     "ALI_CCP_ESMM_FIELDS",
     "CENSUS_COLUMNS",
     "CENSUS_DENSE",
+    "LABEL_KINDS",
     "NULL_TOKEN",
     "ORIGIN_COLUMNS",
     "ORIGIN_FILE",
@@ -85,6 +88,7 @@ __all__ = [
     "read_aliexpress",
     "read_criteo",
     "read_table",
+    "scan_table",
     "split_frame",
     "synthetic_log",
     "synthetic_log_spec",

@@ -7,7 +7,8 @@ matching :class:`~mtlrec.data.spec.FeatureSpec`.
 - :func:`read_ali_ccp_csv` — Ali-CCP in torch-rechub's CSV layout.
 - :func:`read_ali_ccp_esmm` — Ali-CCP in the ESMM / PaddleRec ``field:id`` text layout.
 - :func:`read_criteo` — Criteo (label, I1–I13, C1–C26), TSV without header or CSV with one.
-- :func:`read_table` — any CSV or Parquet file with a user-written spec.
+- :func:`read_table` — any CSV or Parquet file with a user-written spec (:func:`scan_table`:
+  separator, header or column names, null tokens such as ``?``, whitespace trimming).
 
 CSV files are scanned with every column as text (``infer_schema=False``): categorical values
 keep their exact spelling, and a non-numeric value in a dense column is reported with its row
@@ -59,6 +60,7 @@ __all__ = [
     "read_aliexpress",
     "read_criteo",
     "read_table",
+    "scan_table",
     "split_frame",
 ]
 
@@ -484,17 +486,132 @@ def _first_line(p: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------- generic
-def read_table(
-    path: str | Path, spec: FeatureSpec, *, separator: str = ",", has_header: bool = True
-) -> Source:
-    """Any CSV (``.csv``, ``.tsv``, ``.txt``, optionally other separators) or Parquet
-    (``.parquet``/``.pq``) file, lazily, checked to hold every column ``spec`` names."""
+def scan_table(
+    path: str | Path,
+    *,
+    separator: str = ",",
+    has_header: bool = True,
+    names: Sequence[str] | None = None,
+    null_values: Sequence[str] = (),
+    trim: bool = False,
+    quote_char: str | None = '"',
+) -> pl.LazyFrame:
+    """Any CSV/TSV (optionally gzipped) or Parquet file as a lazy frame with the origin
+    columns, every CSV column as text.
+
+    Args:
+        separator: one character (``"\\t"`` for tabs); a ``.tsv`` file with the default
+            ``","`` is read with tabs. For fields separated by ``", "`` (comma and space, as
+            in the UCI census files) use ``","`` and ``trim=True``.
+        has_header: whether the first line names the columns.
+        names: the column names of a headerless file, one per field (default ``column_1``,
+            ``column_2``, ... — 1-based, as error messages count fields); for a file with a
+            header, the header's names are replaced (the number must match).
+        null_values: values (after trimming) that mean "missing", e.g. ``["?"]`` or
+            ``["NA"]``; an empty field is always missing.
+        trim: strip spaces and tabs around every text value and header name (after reading,
+            so quoted values are trimmed too).
+        quote_char: the quote character; ``None`` reads quotes as ordinary characters (every
+            record is then one line, so errors can name the line exactly).
+    """
     p = Path(path)
-    _require_file(p, "data file", "Check the path.")
-    if p.suffix.lower() in (".parquet", ".pq"):
+    _require_file(
+        p, "data file", "Check the path (a relative path is read from the current directory)"
+    )
+    if len(separator) != 1:
+        raise ValueError(
+            f"{p}: the separator must be one character, not {separator!r}"
+            + (
+                "; for fields separated by a comma and a space use separator=',' and trim=True"
+                if separator.strip() == ","
+                else ""
+            )
+        )
+    kind = p.name.lower().removesuffix(".gz").rpartition(".")[2]
+    if kind in ("parquet", "pq"):
         lf = _scan_parquet(p)
+        if names is not None:
+            lf = _rename(lf, names, p)
     else:
-        sep = "\t" if p.suffix.lower() == ".tsv" and separator == "," else separator
-        lf = _scan_csv(p, separator=sep, has_header=has_header)
-    check_columns(lf, spec.columns, str(p))
-    return Source(lf, spec, str(p))
+        sep = "\t" if kind == "tsv" and separator == "," else separator
+        lf = _scan_csv(p, separator=sep, has_header=has_header, quote_char=quote_char)
+        width = len(lf.collect_schema().names()) - len(ORIGIN_COLUMNS)
+        if names is not None and len(names) != width:
+            first = "header" if has_header else "first line"
+            raise DataError(
+                f"{len(names)} column names given, but the {first} has {width} fields "
+                f"(separator {sep!r})",
+                path=str(p),
+                line=1,
+                fix="Give one name per field, or check the separator",
+            )
+        if not has_header:
+            names = names if names is not None else [f"column_{i}" for i in range(1, width + 1)]
+            _check_names(names, p)
+            lf = _scan_csv(
+                p, separator=sep, has_header=False, new_columns=names, quote_char=quote_char
+            )
+        elif names is not None:
+            lf = _rename(lf, names, p)
+        elif trim:  # the header's names too (", "-separated: " age")
+            have = [c for c in lf.collect_schema().names() if c not in ORIGIN_COLUMNS]
+            if any(c != c.strip(" \t") for c in have):
+                lf = _rename(lf, [c.strip(" \t") for c in have], p)
+    text = [c for c, t in lf.collect_schema().items() if t == pl.String and c not in ORIGIN_COLUMNS]
+    tokens = [str(v) for v in null_values]
+    if trim and text:
+        lf = lf.with_columns(pl.col(text).str.strip_chars(" \t"))
+        tokens.append("")  # a field of spaces only is as missing as an empty one
+    if tokens and text:
+        lf = lf.with_columns(
+            pl.when(pl.col(c).is_in(tokens)).then(None).otherwise(pl.col(c)).alias(c) for c in text
+        )
+    return lf
+
+
+def _check_names(names: Sequence[str], p: Path) -> None:
+    twice = sorted({str(n) for n in names if list(names).count(n) > 1})
+    if twice:
+        raise ValueError(f"{p}: column names must be unique; given twice: {twice}")
+    bad = [n for n in names if not isinstance(n, str) or not n or n in ORIGIN_COLUMNS]
+    if bad:
+        raise ValueError(f"{p}: column names must be non-empty text (not {ORIGIN_COLUMNS}): {bad}")
+
+
+def _rename(lf: pl.LazyFrame, names: Sequence[str], p: Path) -> pl.LazyFrame:
+    have = [c for c in lf.collect_schema().names() if c not in ORIGIN_COLUMNS]
+    if len(names) != len(have):
+        raise DataError(
+            f"{len(names)} column names given for {len(have)} columns",
+            path=str(p),
+            fix="Give one name per column",
+        )
+    _check_names(names, p)
+    return lf.rename(dict(zip(have, names, strict=True)))
+
+
+def read_table(
+    path: str | Path,
+    spec: FeatureSpec,
+    *,
+    separator: str = ",",
+    has_header: bool = True,
+    names: Sequence[str] | None = None,
+    null_values: Sequence[str] = (),
+    trim: bool = False,
+    quote_char: str | None = '"',
+) -> Source:
+    """Any CSV (``.csv``, ``.tsv``, ``.txt``, gzipped or not, other separators) or Parquet
+    (``.parquet``/``.pq``) file, lazily (:func:`scan_table`: header or column names, null
+    tokens, trimming), checked to hold every column ``spec`` names."""
+    lf = scan_table(
+        path,
+        separator=separator,
+        has_header=has_header,
+        names=names,
+        null_values=null_values,
+        trim=trim,
+        quote_char=quote_char,
+    )
+    check_columns(lf, spec.columns, str(path))
+    return Source(lf, spec, str(path))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +28,10 @@ import torch
 
 from ._diagnose import exact_line, frame_paths, reading
 from .batch import Jagged, RecBatch, RecInputs
-from .errors import ORIGIN_COLUMNS, ORIGIN_FILE, ORIGIN_ROW, DataError
+from .errors import ORIGIN_COLUMNS, ORIGIN_FILE, ORIGIN_ROW, DataError, show_value
 
 __all__ = [
+    "LABEL_KINDS",
     "NULL_TOKEN",
     "DataError",
     "DenseFeature",
@@ -44,7 +45,8 @@ __all__ = [
 NULL_TOKEN = "<null>"
 """The category a missing (null) categorical value becomes."""
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+# version 1 (before label standardisation and multiclass labels) still loads
 
 
 @dataclass(frozen=True)
@@ -128,30 +130,96 @@ class DenseFeature:
             )
 
 
+LABEL_KINDS = ("binary", "regression", "multiclass")
+"""What a :class:`Label` can be: ``binary`` (0/1, or named positive values), ``regression``
+(a number) or ``multiclass`` (one of several classes)."""
+
+
 @dataclass(frozen=True)
 class Label:
     """The target of one task.
 
     Args:
         task: the task name (the key in the targets dict).
-        kind: ``"binary"`` (values must be 0 or 1) or ``"regression"`` (any finite number).
+        kind: ``"binary"`` (target 0 or 1), ``"regression"`` (any finite number) or
+            ``"multiclass"`` (a class; the target is its index in ``classes``, int64).
         column: the column holding it (default: ``task``).
+        positive: binary only: the values of ``column`` that mean 1, compared as text (after
+            the reader's trimming), e.g. ``(">50K",)``. ``None``: the column must hold 0 and 1.
+        negative: binary with ``positive`` only: the values that mean 0. ``None``: every other
+            value does; given, any value outside ``positive`` and ``negative`` is an error
+            (e.g. a stray ``">50K."`` beside ``">50K"``).
+        standardize: regression only: the task learns ``(y - mean) / std`` with the *training*
+            split's mean and std (:meth:`FittedFeatures.label_scale`); metrics and predictions
+            convert back to the column's units (:meth:`FittedFeatures.inverse_label`;
+            ``mtlrec.metrics.make_task(target_std=...)``). ``False``: the task learns ``y``
+            as it is. Ignored for the other kinds.
+        classes: multiclass only: the classes in order (their position is the target).
+            ``None``: every value of the training split, sorted as text.
     """
 
     task: str
-    kind: Literal["binary", "regression"] = "binary"
+    kind: Literal["binary", "regression", "multiclass"] = "binary"
     column: str | None = None
+    positive: tuple[str, ...] | None = None
+    negative: tuple[str, ...] | None = None
+    standardize: bool = True
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("binary", "regression"):
+        if self.kind not in LABEL_KINDS:
             raise ValueError(
-                f"label {self.task!r}: kind must be 'binary' or 'regression', not {self.kind!r}"
+                f"label {self.task!r}: kind must be one of {LABEL_KINDS}, not {self.kind!r}"
             )
+        for key in ("positive", "negative", "classes"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise TypeError(
+                    f"label {self.task!r}: {key} must be a list of values, not {value!r}"
+                )
+            values = tuple(str(v) for v in value)
+            if not values:
+                raise ValueError(
+                    f"label {self.task!r}: {key} is empty; leave it out or name values"
+                )
+            object.__setattr__(self, key, values)
+        if not isinstance(self.standardize, bool):
+            raise TypeError(
+                f"label {self.task!r}: standardize must be true or false, not {self.standardize!r}"
+            )
+        if (self.positive is not None or self.negative is not None) and self.kind != "binary":
+            raise ValueError(
+                f"label {self.task!r}: positive/negative values are for binary tasks, not "
+                f"{self.kind!r}"
+            )
+        if self.negative is not None and self.positive is None:
+            raise ValueError(f"label {self.task!r}: negative needs positive values too")
+        if self.positive is not None and self.negative is not None:
+            both = sorted(set(self.positive) & set(self.negative))
+            if both:
+                raise ValueError(f"label {self.task!r}: {both} both positive and negative")
+        if self.classes is not None:
+            if self.kind != "multiclass":
+                raise ValueError(
+                    f"label {self.task!r}: classes are for multiclass tasks, not {self.kind!r}"
+                )
+            if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
+                raise ValueError(
+                    f"label {self.task!r}: classes must be at least two distinct values, not "
+                    f"{list(self.classes)}"
+                )
 
     @property
     def col(self) -> str:
         """The column read for this task."""
         return self.column if self.column is not None else self.task
+
+    @property
+    def standardized(self) -> bool:
+        """Whether the target is standardised (a regression task with ``standardize``)."""
+        return self.kind == "regression" and self.standardize
 
 
 def _check_categorical(
@@ -284,7 +352,8 @@ class FeatureSpec:
                         fix="Drop it from the spec, or fill it",
                     )
                 stats[d.name] = {k: float(v) for k, v in s.items()}
-        return FittedFeatures(self, vocabs, stats)
+        label_stats, classes = _fit_labels(lf, self.labels, source)
+        return FittedFeatures(self, vocabs, stats, label_stats, classes)
 
 
 def _as_str(col: str) -> pl.Expr:
@@ -440,32 +509,166 @@ def _check_dense(
 
 
 def _check_labels(
-    lf: pl.LazyFrame | pl.DataFrame, labels: Sequence[Label], source: str | None, offset: int
+    lf: pl.LazyFrame | pl.DataFrame,
+    labels: Sequence[Label],
+    source: str | None,
+    offset: int,
+    classes: Mapping[str, Sequence[str]],
 ) -> None:
+    """Raise :class:`DataError` at the first bad label of each task (its file row and
+    value): missing, not 0/1 (binary without ``positive``), outside ``positive`` and
+    ``negative``, not a finite number (regression), not a known class (multiclass, once
+    ``classes`` are known)."""
     for lab in labels:
         raw = pl.col(lab.col)
-        y = raw.cast(pl.Float64, strict=False)
-        hit = _first_bad(lf, y.is_null(), lab.col, source, offset)
+        text = raw.cast(pl.String)
+        hit = _first_bad(lf, raw.is_null(), lab.col, source, offset)
         if hit is not None:
-            what = "the label is missing" if hit.value is None else "the label is not a number"
             raise hit.error(
-                what, lab.col, "Every row needs a numeric label: fix or drop the row", lab.task
+                "the label is missing",
+                lab.col,
+                "Every row needs a label: fill or drop the row",
+                lab.task,
             )
-        if lab.kind == "binary":
-            bad = ~y.is_in([0.0, 1.0])
-            problem, fix = (
-                "a binary label must be 0 or 1, not {value}",
-                "Fix or drop the row, or declare the task Label(kind='regression')",
+        if lab.kind == "binary" and lab.positive is None:
+            y = raw.cast(pl.Float64, strict=False)
+            hit = _first_bad(lf, y.is_null() | ~y.is_in([0.0, 1.0]), lab.col, source, offset)
+            if hit is not None:
+                raise hit.error(
+                    "a binary label must be 0 or 1, not {value}",
+                    lab.col,
+                    _positive_hint(lf, lab.col, hit.value),
+                    lab.task,
+                )
+        elif lab.kind == "binary" and lab.negative is not None:
+            assert lab.positive is not None
+            known = [*lab.positive, *lab.negative]
+            hit = _first_bad(lf, ~text.is_in(known), lab.col, source, offset)
+            if hit is not None:
+                raise hit.error(
+                    f"{{value}} is neither a positive {list(lab.positive)} nor a negative "
+                    f"{list(lab.negative)} value",
+                    lab.col,
+                    "Add it to positive or negative, or fix or drop the row",
+                    lab.task,
+                )
+        elif lab.kind == "regression":
+            y = raw.cast(pl.Float64, strict=False)
+            hit = _first_bad(lf, y.is_null(), lab.col, source, offset)
+            if hit is not None:
+                raise hit.error(
+                    "a regression label must be a number, not {value}",
+                    lab.col,
+                    "Fix or drop the row, or make the task's kind 'binary' or 'multiclass'",
+                    lab.task,
+                )
+            hit = _first_bad(lf, ~y.is_finite(), lab.col, source, offset)
+            if hit is not None:
+                raise hit.error(
+                    "a regression label must be a finite number, not {value}",
+                    lab.col,
+                    "Fix or drop the row",
+                    lab.task,
+                )
+        elif lab.kind == "multiclass" and lab.task in classes:
+            known = list(classes[lab.task])
+            hit = _first_bad(lf, ~text.is_in(known), lab.col, source, offset)
+            if hit is not None:
+                shown = known[:20] + (["..."] if len(known) > 20 else [])
+                how = (
+                    "Add it to the task's classes"
+                    if lab.classes is not None
+                    else "The classes are those of the training split: list every class in "
+                    "the task's classes = [...] (a class never seen in training cannot be "
+                    "learned), or drop the row"
+                )
+                raise hit.error(
+                    f"{{value}} is not one of the task's {len(known)} classes {shown}",
+                    lab.col,
+                    how,
+                    lab.task,
+                )
+
+
+def _positive_hint(lf: pl.LazyFrame | pl.DataFrame, col: str, value: Any) -> str:
+    """The fix for a text label in a binary task: name the positive value(s), with the
+    column's values and counts to choose from (the rarer of two suggested, as a guess)."""
+    counts = (
+        lf.lazy()
+        .select(pl.col(col).cast(pl.String).alias("v"))
+        .drop_nulls()
+        .group_by("v")
+        .agg(pl.len().alias("n"))
+        .sort(["n", "v"], descending=[True, False])
+        .head(6)
+        .collect()
+    )
+    pairs = list(counts.iter_rows())
+    shown = ", ".join(f"{show_value(v)} ({n:,} row{'s' if n > 1 else ''})" for v, n in pairs[:5])
+    shown += ", ..." if len(pairs) > 5 else ""
+    guess = pairs[-1][0] if len(pairs) == 2 else str(value)
+    example = json.dumps(str(guess), ensure_ascii=False)
+    return (
+        f"These rows hold {shown}. Name the value(s) that mean 1 in the task's spec entry, "
+        f"e.g. positive = [{example}] (Label(positive=[...]) in Python); or fix or drop the "
+        "row; or make the task's kind 'regression' or 'multiclass'"
+    )
+
+
+def _fit_labels(
+    lf: pl.LazyFrame, labels: Sequence[Label], source: str | None
+) -> tuple[dict[str, dict[str, float]], dict[str, list[str]]]:
+    """Check the training labels; return regression scales ``{task: {"mean", "std"}}``
+    (standardised tasks) and the classes of multiclass tasks."""
+    given = {lab.task: list(lab.classes) for lab in labels if lab.classes is not None}
+    _check_labels(lf, labels, source, 0, given)
+    label_stats: dict[str, dict[str, float]] = {}
+    classes: dict[str, list[str]] = {}
+    for lab in labels:
+        where: dict[str, Any] = {"path": _path_of(lf, source), "column": lab.col, "task": lab.task}
+        text = pl.col(lab.col).cast(pl.String)
+        if lab.kind == "binary" and lab.positive is not None:
+            counts = (
+                lf.select(text.alias("v"))
+                .group_by("v")
+                .agg(pl.len().alias("n"))
+                .sort(["n", "v"], descending=[True, False])
+                .collect()
             )
-        else:
-            bad = ~y.is_finite()
-            problem, fix = (
-                "a regression label must be a finite number, not {value}",
-                "Fix or drop the row",
-            )
-        hit = _first_bad(lf, bad, lab.col, source, offset)
-        if hit is not None:
-            raise hit.error(problem, lab.col, fix, lab.task)
+            values = counts["v"].to_list()
+            pos = [v for v in values if v in lab.positive]
+            if not pos:
+                raise DataError(
+                    f"none of the positive values {list(lab.positive)} occurs in the training "
+                    f"data; its most frequent values are {values[:8]}",
+                    fix="Check the spelling: values are compared as text, after trimming",
+                    **where,
+                )
+            if len(pos) == len(values):
+                raise DataError(
+                    f"every training row is positive ({pos}): there is nothing to tell apart",
+                    fix="Check positive = [...]",
+                    **where,
+                )
+        elif lab.kind == "multiclass":
+            if lab.classes is not None:
+                classes[lab.task] = list(lab.classes)
+            else:
+                seen = lf.select(text.unique().sort().alias("v")).collect()["v"].to_list()
+                if len(seen) < 2:
+                    raise DataError(
+                        f"a multiclass label needs at least two classes in the training data; "
+                        f"it has {seen}",
+                        fix="Check the column, or give classes = [...]",
+                        **where,
+                    )
+                classes[lab.task] = [str(v) for v in seen]
+        elif lab.standardized:
+            y = pl.col(lab.col).cast(pl.Float64, strict=False)
+            row = lf.select(y.mean().alias("mean"), y.std(ddof=0).alias("std")).collect()
+            mean, std = float(row["mean"][0]), float(row["std"][0])
+            label_stats[lab.task] = {"mean": mean, "std": std if std > 0 else 1.0}
+    return label_stats, classes
 
 
 def _crc32_ids(values: list[str], base: int, buckets: int) -> list[int]:
@@ -479,6 +682,10 @@ class FittedFeatures:
     spec: FeatureSpec
     vocabs: dict[str, list[str]]
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    label_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    """``{task: {"mean", "std"}}`` of the standardised regression targets (training split)."""
+    classes: dict[str, list[str]] = field(default_factory=dict)
+    """``{task: classes}`` of the multiclass tasks (the target is the index)."""
 
     def __post_init__(self) -> None:
         self._lookup: dict[str, dict[str, int]] = {
@@ -518,8 +725,27 @@ class FittedFeatures:
 
     @property
     def task_kinds(self) -> dict[str, str]:
-        """Task -> ``"binary"`` or ``"regression"``."""
+        """Task -> ``"binary"``, ``"regression"`` or ``"multiclass"``."""
         return {lab.task: lab.kind for lab in self.spec.labels}
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        """Multiclass task -> number of classes (the width of its model output)."""
+        return {t: len(c) for t, c in self.classes.items()}
+
+    def label_scale(self, task: str) -> tuple[float, float]:
+        """``(mean, std)`` with target ``= (y - mean) / std``: the training statistics of a
+        standardised regression task, ``(0.0, 1.0)`` for any other task."""
+        if task not in self.task_kinds:
+            raise KeyError(f"no task {task!r}; the tasks are {self.tasks}")
+        st = self.label_stats.get(task)
+        return (st["mean"], st["std"]) if st is not None else (0.0, 1.0)
+
+    def inverse_label(self, task: str, target: torch.Tensor) -> torch.Tensor:
+        """A prediction (or target) of ``task`` in the label column's units:
+        ``target · std + mean`` (identity unless the task is standardised)."""
+        mean, std = self.label_scale(task)
+        return target * std + mean if task in self.label_stats else target
 
     # ------------------------------------------------------------------------- transform
     def transform(
@@ -584,11 +810,28 @@ class FittedFeatures:
             dense = torch.zeros(n, 0)
         targets: dict[str, torch.Tensor] = {}
         if labels and spec.labels:
-            _check_labels(df, spec.labels, source, row_offset)
+            _check_labels(df, spec.labels, source, row_offset, self.classes)
             for lab in spec.labels:
-                y = df[lab.col].cast(pl.Float64, strict=False).to_numpy().astype(np.float32)
-                targets[lab.task] = torch.from_numpy(y)
+                targets[lab.task] = self._target(df[lab.col], lab)
         return RecBatch(RecInputs(sparse, dense, multi), targets)
+
+    def _target(self, column: pl.Series, lab: Label) -> torch.Tensor:
+        """The checked label column as the task's target: float32 0/1 (binary), float32
+        (regression, standardised if so fitted), int64 class index (multiclass)."""
+        if lab.kind == "multiclass":
+            cls = self.classes[lab.task]
+            idx = column.cast(pl.String).replace_strict(
+                cls, list(range(len(cls))), return_dtype=pl.Int64
+            )
+            return torch.from_numpy(idx.to_numpy().astype(np.int64))
+        if lab.kind == "binary" and lab.positive is not None:
+            y = column.cast(pl.String).is_in(list(lab.positive)).to_numpy().astype(np.float32)
+            return torch.from_numpy(y)
+        x = column.cast(pl.Float64, strict=False).to_numpy().astype(np.float64)
+        if lab.task in self.label_stats:
+            st = self.label_stats[lab.task]
+            x = (x - st["mean"]) / st["std"]
+        return torch.from_numpy(x.astype(np.float32))
 
     def _ids(self, values: pl.Series, f: Categorical) -> torch.Tensor:
         lookup = self._lookup[f.name]
@@ -620,25 +863,39 @@ class FittedFeatures:
             },
             "vocabs": self.vocabs,
             "stats": self.stats,
+            "label_stats": self.label_stats,
+            "classes": self.classes,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FittedFeatures:
         """Inverse of :meth:`to_dict`."""
-        if d.get("format") != "mtlrec.FittedFeatures" or d.get("version") != _FORMAT_VERSION:
+        version = d.get("version")
+        if d.get("format") != "mtlrec.FittedFeatures" or version not in (1, _FORMAT_VERSION):
             raise ValueError(
                 "not a saved mtlrec.FittedFeatures (version "
-                f"{_FORMAT_VERSION}): format={d.get('format')!r} version={d.get('version')!r}"
+                f"{_FORMAT_VERSION}): format={d.get('format')!r} version={version!r}"
             )
         s = d["spec"]
+        # version 1 had no label options: its regression targets were not standardised
+        old = {"standardize": False} if version == 1 else {}
         spec = FeatureSpec(
             sparse=[SparseFeature(**f) for f in s["sparse"]],
             dense=[DenseFeature(**f) for f in s["dense"]],
             multi_hot=[MultiHotFeature(**f) for f in s["multi_hot"]],
-            labels=[Label(**f) for f in s["labels"]],
+            labels=[Label(**{**old, **f}) for f in s["labels"]],
         )
-        stats = {k: {kk: float(vv) for kk, vv in v.items()} for k, v in d["stats"].items()}
-        return cls(spec, {k: list(v) for k, v in d["vocabs"].items()}, stats)
+
+        def floats(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+            return {k: {kk: float(vv) for kk, vv in v.items()} for k, v in table.items()}
+
+        return cls(
+            spec,
+            {k: list(v) for k, v in d["vocabs"].items()},
+            floats(d["stats"]),
+            floats(d.get("label_stats", {})),
+            {k: [str(c) for c in v] for k, v in d.get("classes", {}).items()},
+        )
 
     def save(self, path: str | Path) -> None:
         """Write JSON to ``path`` (what :meth:`load` reads, e.g. beside a model checkpoint)."""

@@ -69,12 +69,16 @@ def mmoe_synthetic(
     return pl.DataFrame(cols)
 
 
-def mmoe_synthetic_spec(dim: int = 100) -> FeatureSpec:
+def mmoe_synthetic_spec(dim: int = 100, *, standardize: bool = True) -> FeatureSpec:
     """Spec for :func:`mmoe_synthetic`: ``dim`` dense features (already N(0, 1), not
-    normalised), regression tasks ``y1`` and ``y2``."""
+    normalised), regression tasks ``y1`` and ``y2`` (standardised on train unless
+    ``standardize=False``)."""
     return FeatureSpec(
         dense=[DenseFeature(f"x{i}", norm="none") for i in range(dim)],
-        labels=[Label("y1", "regression"), Label("y2", "regression")],
+        labels=[
+            Label("y1", "regression", standardize=standardize),
+            Label("y2", "regression", standardize=standardize),
+        ],
     )
 
 
@@ -195,10 +199,12 @@ def synthetic_log_spec(
     min_count: int = 1,
     hash_buckets: int = 0,
     tasks: tuple[str, ...] = ("click", "conversion", "dwell"),
+    standardize: bool = True,
 ) -> FeatureSpec:
     """Spec for :func:`synthetic_log`: sparse ``C*`` (optionally rare values to
     ``hash_buckets`` hashed ids), dense ``I*`` (log then standardised), tasks click and
-    conversion (binary) and dwell (regression, seconds)."""
+    conversion (binary) and dwell (regression, seconds; the target is standardised on train
+    unless ``standardize=False``, which keeps the raw seconds and so the loss-scale gap)."""
     kinds = {"click": "binary", "conversion": "binary", "dwell": "regression"}
     for t in tasks:
         if t not in kinds:
@@ -214,7 +220,7 @@ def synthetic_log_spec(
             for i in range(num_sparse)
         ],
         dense=[DenseFeature(f"I{j + 1}", log=True) for j in range(num_dense)],
-        labels=[Label(t, kinds[t]) for t in tasks],  # type: ignore[arg-type]
+        labels=[Label(t, kinds[t], standardize=standardize) for t in tasks],  # type: ignore[arg-type]
     )
 
 

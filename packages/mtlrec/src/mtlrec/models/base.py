@@ -12,10 +12,11 @@ from torch import Tensor, nn
 from .embeddings import EmbeddingConfig, SparseEmbeddings
 from .inputs import RecInputs, check_inputs
 
-__all__ = ["MLP", "TASK_KINDS", "MultiTaskRecModel", "Tower"]
+__all__ = ["MLP", "TASK_KINDS", "MultiTaskRecModel", "Tower", "check_num_classes"]
 
-TASK_KINDS = ("binary", "regression")
-"""``binary``: the model outputs a logit; ``regression``: the model outputs the value."""
+TASK_KINDS = ("binary", "regression", "multiclass")
+"""``binary``: the model outputs a logit, shape ``(N,)``; ``regression``: the value, ``(N,)``;
+``multiclass``: one logit per class, ``(N, C)`` (``num_classes[task] = C``)."""
 
 
 def check_layers(name: str, layers: Sequence[int], *, allow_empty: bool = False) -> tuple[int, ...]:
@@ -56,15 +57,19 @@ class MLP(nn.Sequential):
 
 class Tower(nn.Module):
     """A task's head: an MLP and a linear output; ``(N, in) -> (N,)`` (a logit for a binary
-    task, the value for a regression task)."""
+    task, the value for a regression task), or ``(N, outputs)`` logits when ``outputs > 1``
+    (a multiclass task)."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int], dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], dropout: float = 0.0, outputs: int = 1
+    ) -> None:
         super().__init__()
         self.mlp = MLP(in_features, hidden, dropout)
-        self.out = nn.Linear(self.mlp.out_features, 1)
+        self.out = nn.Linear(self.mlp.out_features, outputs)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.mlp(x)).squeeze(-1)
+        y = self.out(self.mlp(x))
+        return y.squeeze(-1) if self.out.out_features == 1 else y
 
 
 def normalize_tasks(tasks: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
@@ -86,6 +91,30 @@ def normalize_tasks(tasks: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
     return out
 
 
+def check_num_classes(
+    kinds: Mapping[str, str], num_classes: Mapping[str, int] | None
+) -> dict[str, int]:
+    """``{task: outputs}`` of the towers: ``num_classes[task]`` (>= 2) for a multiclass task,
+    1 for the others; a class count for a task that is not multiclass is an error."""
+    given = dict(num_classes or {})
+    unknown = sorted(set(given) - {t for t, k in kinds.items() if k == "multiclass"})
+    if unknown:
+        raise ValueError(f"num_classes names tasks that are not multiclass: {unknown}")
+    out: dict[str, int] = {}
+    for task, kind in kinds.items():
+        if kind != "multiclass":
+            out[task] = 1
+            continue
+        c = given.get(task)
+        if not isinstance(c, int) or isinstance(c, bool) or c < 2:
+            raise ValueError(
+                f"task {task!r} is multiclass: pass num_classes={{{task!r}: C}} with C >= 2, "
+                f"not {c!r}"
+            )
+        out[task] = c
+    return out
+
+
 class MultiTaskRecModel(nn.Module):
     """Base of the mtlrec models: embeddings of the sparse features concatenated with the dense
     features form the input ``x`` (:meth:`embed`); subclasses build the rest.
@@ -101,7 +130,8 @@ class MultiTaskRecModel(nn.Module):
     The groups are disjoint and cover every parameter of the model.
     ``forward(inputs) -> (representation, {task: prediction})``; the representation is what
     the task-specific parameters read (a tensor, a tuple of tensors, or None where no such
-    frontier exists); each prediction has shape ``(N,)``.
+    frontier exists); each prediction has shape ``(N,)``, or ``(N, C)`` for a multiclass task
+    (``num_classes={task: C}``).
     """
 
     def __init__(
@@ -114,10 +144,13 @@ class MultiTaskRecModel(nn.Module):
         init_std: float = 0.05,
         check_ids: bool = True,
         dropout: float = 0.0,
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.task_kinds = normalize_tasks(tasks)
         self.tasks = tuple(self.task_kinds)
+        self.outputs = check_num_classes(self.task_kinds, num_classes)
+        """``{task: width of its output}``: the class count of a multiclass task, else 1."""
         check_count("dense_dim", dense_dim, 0)
         if not (isinstance(dropout, int | float) and 0 <= dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), not {dropout!r}")

@@ -25,11 +25,13 @@ _DOC_COMMON = """
     Args:
         features: embedding config, feature -> ``(num_embeddings, dim)`` (may be empty when
             every input is dense).
-        tasks: ``{task: "binary" | "regression"}`` or a list of names (all binary).
+        tasks: ``{task: "binary" | "regression" | "multiclass"}`` or a list of names (all
+            binary).
         dense_dim: number of dense features (``inputs.dense`` is ``(N, dense_dim)``).
         tower: hidden widths of each task's tower (then a linear output).
         dropout: after every hidden ReLU.
         backend, init_std, check_ids: for :class:`~mtlrec.models.SparseEmbeddings`.
+        num_classes: ``{task: C}`` for every multiclass task (its tower outputs ``(N, C)``).
 """
 
 
@@ -54,6 +56,7 @@ class SharedBottom(MultiTaskRecModel):
         backend: str = "auto",
         init_std: float = 0.05,
         check_ids: bool = True,
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(
             features,
@@ -63,11 +66,15 @@ class SharedBottom(MultiTaskRecModel):
             init_std=init_std,
             check_ids=check_ids,
             dropout=dropout,
+            num_classes=num_classes,
         )
         self.bottom = MLP(self.input_dim, check_layers("bottom", bottom), self.dropout)
         tower = check_layers("tower", tower, allow_empty=True)
         self.towers = nn.ModuleDict(
-            {t: Tower(self.bottom.out_features, tower, self.dropout) for t in self.tasks}
+            {
+                t: Tower(self.bottom.out_features, tower, self.dropout, self.outputs[t])
+                for t in self.tasks
+            }
         )
 
     def dense_shared_modules(self) -> list[nn.Module]:
@@ -123,6 +130,7 @@ class MMoE(MultiTaskRecModel):
         backend: str = "auto",
         init_std: float = 0.05,
         check_ids: bool = True,
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(
             features,
@@ -132,6 +140,7 @@ class MMoE(MultiTaskRecModel):
             init_std=init_std,
             check_ids=check_ids,
             dropout=dropout,
+            num_classes=num_classes,
         )
         check_count("num_experts", num_experts)
         self.experts = _Experts(
@@ -141,7 +150,10 @@ class MMoE(MultiTaskRecModel):
         self.gates = nn.ModuleDict({g: nn.Linear(self.input_dim, num_experts) for g in gate_names})
         tower = check_layers("tower", tower, allow_empty=True)
         self.towers = nn.ModuleDict(
-            {t: Tower(self.experts.out_features, tower, self.dropout) for t in self.tasks}
+            {
+                t: Tower(self.experts.out_features, tower, self.dropout, self.outputs[t])
+                for t in self.tasks
+            }
         )
 
     def dense_shared_modules(self) -> list[nn.Module]:
@@ -249,6 +261,7 @@ class PLE(MultiTaskRecModel):
         backend: str = "auto",
         init_std: float = 0.05,
         check_ids: bool = True,
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(
             features,
@@ -258,6 +271,7 @@ class PLE(MultiTaskRecModel):
             init_std=init_std,
             check_ids=check_ids,
             dropout=dropout,
+            num_classes=num_classes,
         )
         check_count("num_levels", num_levels)
         check_count("shared_experts", shared_experts)
@@ -280,7 +294,9 @@ class PLE(MultiTaskRecModel):
             width = levels[-1].out_features
         self.levels = nn.ModuleList(levels)
         tower = check_layers("tower", tower, allow_empty=True)
-        self.towers = nn.ModuleDict({t: Tower(width, tower, self.dropout) for t in self.tasks})
+        self.towers = nn.ModuleDict(
+            {t: Tower(width, tower, self.dropout, self.outputs[t]) for t in self.tasks}
+        )
 
     def dense_shared_modules(self) -> list[nn.Module]:
         return [self.levels]
@@ -324,6 +340,7 @@ class CGC(PLE):
         backend: str = "auto",
         init_std: float = 0.05,
         check_ids: bool = True,
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(
             features,
@@ -338,4 +355,5 @@ class CGC(PLE):
             backend=backend,
             init_std=init_std,
             check_ids=check_ids,
+            num_classes=num_classes,
         )

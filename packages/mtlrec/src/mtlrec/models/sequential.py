@@ -150,7 +150,8 @@ class AITM(MultiTaskRecModel):
     does not add it — add ``λ·calibration_loss(preds)`` to a task's loss in your own loop.
 
     Args:
-        features, dense_dim, dropout, backend, init_std, check_ids: as for the other models.
+        features, dense_dim, dropout, backend, init_std, check_ids, num_classes: as for the
+            other models.
         tasks: the tasks in funnel order, ``{task: kind}`` or names (all binary).
         tower: hidden widths of each task's tower (``d = tower[-1]``).
         head: hidden widths of each task's head before its linear output.
@@ -168,6 +169,7 @@ class AITM(MultiTaskRecModel):
         backend: str = "auto",
         init_std: float = 0.05,
         check_ids: bool = True,
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(
             features,
@@ -177,6 +179,7 @@ class AITM(MultiTaskRecModel):
             init_std=init_std,
             check_ids=check_ids,
             dropout=dropout,
+            num_classes=num_classes,
         )
         if len(self.tasks) < 2:
             raise ValueError(
@@ -193,7 +196,9 @@ class AITM(MultiTaskRecModel):
             {t: nn.Sequential(nn.Linear(dim, dim), nn.ReLU()) for t in later}
         )
         self.attention = nn.ModuleDict({t: _AIT(dim) for t in later})
-        self.heads = nn.ModuleDict({t: Tower(dim, head, self.dropout) for t in self.tasks})
+        self.heads = nn.ModuleDict(
+            {t: Tower(dim, head, self.dropout, self.outputs[t]) for t in self.tasks}
+        )
 
     def dense_shared_modules(self) -> list[nn.Module]:
         return [self.towers, self.transfer, self.attention]
