@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--specs",
         default=None,
-        help="folder of spec files (default: ./benchmarks/specs or $MTLBENCH_SPECS)",
+        help="a folder of your own specs, searched before the ones shipped with mtlbench "
+        "(default: $MTLBENCH_SPECS)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
