@@ -392,7 +392,7 @@ class Trainer:
             if running is not None:
                 running.add(losses)
                 if running.due() or self.batches_done == 1:
-                    bar.set_postfix_str(running.text(), refresh=False)  # type: ignore[attr-defined]
+                    bar.set_postfix_str(running.text())  # type: ignore[attr-defined]
             if accumulated == 0:
                 self.optimizer.zero_grad(set_to_none=True)
             if cfg.accumulate == 1:
