@@ -196,10 +196,11 @@ def _least_norm_among_optimal(g: Tensor, a: Tensor, w: Tensor, solver: Solver) -
     if not bool((cand >= 0).all()) or not float(cand.sum()) > 0:
         return w
     cand = cand / cand.sum()
-    if _at_origin(a, w):
-        return cand if _at_origin(a, cand) else w
     moved = float((a @ cand - point).norm())
-    if moved > 1e-6 * float(point.norm()) + 1e3 * _EPS * float((w + cand) @ norms):
+    rounding = 100.0 * _EPS * float((w + cand) @ norms)
+    if _at_origin(a, w):
+        return cand if moved <= rounding else w
+    if moved > 1e-6 * float(point.norm()) + rounding:
         return w
     if _kkt_residual(g, cand) > 10.0 * max(_kkt_residual(g, w), 1e-12):
         return w
