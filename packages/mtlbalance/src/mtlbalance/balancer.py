@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._norms import exact_norm, overflow_message
+from ._norms import norms as _norms
 from ._params import FlatLayout, ParamSource, check_disjoint, named_params
 from .aggregators.base import (
     Aggregation,
@@ -255,7 +257,7 @@ class Balancer:
                 # the weights must not come from an overflowed matrix (the QP would fail)
                 norms = torch.linalg.vector_norm(rep_jac, dim=1)
                 no_grads: list[list[Tensor | None]] = [[] for _ in raw]
-                if self._check(vec, norms, no_grads, scale_bad=scale_bad):
+                if self._check(vec, norms, no_grads, scale_bad=scale_bad, rows=rep_jac):
                     return self._skipped(vec, transformed, norms, None, None)
             weights = self.aggregator(rep_jac, losses=vec.detach())
             stats = self._backward_weighted(vec, transformed, inputs, weights, scale, scale_bad)
@@ -316,7 +318,7 @@ class Balancer:
         assert isinstance(self.aggregator, GradientAggregator)
         norm_dtype = self.layout.state_dtype()
         grad_norms = torch.linalg.vector_norm(jac, dim=1, dtype=norm_dtype)
-        if self._check(vec, grad_norms, task_grads, scale_bad=scale_bad):
+        if self._check(vec, grad_norms, task_grads, scale_bad=scale_bad, rows=jac):
             return self._skipped(vec, transformed, grad_norms, None, engine_label)
         update_index, update = self._update_buffer()
         # the tables' gradients exist only after the aggregator ran: with a loss scale an
@@ -414,9 +416,15 @@ class Balancer:
         bad = (~torch.isfinite(_norms([g for _, g in named]))).cpu().tolist()
         if not any(bad):
             return False
-        if scale_bad is not None:
+        found = [(n, g, exact_norm([g])) for (n, g), b in zip(named, bad, strict=True) if b]
+        if scale_bad is not None and any(norm is None for *_, norm in found):
             return True
-        names = [n for (n, _), b in zip(named, bad, strict=True) if b]
+        name, grad, norm = found[0]
+        if norm is not None:
+            raise FloatingPointError(
+                overflow_message(f"the gradient of table {name}", [grad], norm)
+            )
+        names = [n for n, _, norm in found if norm is None]
         raise FloatingPointError(
             f"the gradient of table(s) {', '.join(names)} is not finite; nothing was written to "
             f".grad (the aggregator has already taken this step's finite shared gradients)"
@@ -464,7 +472,7 @@ class Balancer:
             i += len(ps)
         present = [g for g in [*shared_grads, *table_grads] if g is not None]
         shared_norms = _norms(present) if present else None
-        if self._check(vec, None, task_grads, shared_norms, scale_bad=scale_bad):
+        if self._check(vec, None, task_grads, shared_norms, scale_bad=scale_bad, combined=present):
             return self._skipped(vec, transformed, None, weights, None)
         update_norm = self._clip(present, shared_norms)
         _accumulate(shared, shared_grads)
@@ -742,7 +750,9 @@ class Balancer:
         gradients."""
         present_tables = [g for g in table_grads if g is not None]
         norm = _norms([update, *present_tables])
-        if self._check(vec, None, task_grads, norm, scale_bad=scale_bad):
+        if self._check(
+            vec, None, task_grads, norm, scale_bad=scale_bad, combined=[update, *present_tables]
+        ):
             return self._skipped(vec, transformed, None, weights, None)
         index, buf = self._update_buffer()
         buf.copy_(update)
@@ -970,13 +980,20 @@ class Balancer:
         shared_norms: Tensor | None = None,
         *,
         scale_bad: Tensor | None = None,
+        rows: Tensor | None = None,
+        combined: Sequence[Tensor] = (),
     ) -> bool:
         """One device-to-host copy of per-task flags; raises before anything is written.
 
         Without a loss scale (``scale_bad`` None) this runs only with ``check_finite`` and a
         non-finite gradient raises. With one (``scale_bad``: the flag of an invalid tensor
         scale) it always runs, and a non-finite gradient returns True (skip the step) instead;
-        non-finite losses and domain violations still raise when ``check_finite`` is set."""
+        non-finite losses and domain violations still raise when ``check_finite`` is set.
+
+        ``grad_norms`` are the norms of ``rows`` (per task), ``shared_norms`` those of
+        ``combined``: a flagged gradient is looked at again (rare path) so that a finite one
+        whose norm overflows is reported as such, with its norm computed without overflow,
+        and raises even with a loss scale (a smaller scale would not help)."""
         if scale_bad is None and not self.check_finite:
             return False
         num_tasks = vec.shape[0]
@@ -1033,22 +1050,32 @@ class Balancer:
                 raise ValueError(
                     f"loss of task {names[t]!r} is {values[t]:g}: {self.transform.domain_message()}"
                 )
-        if skip and (any(bad_grad) or any(bad_own) or host[-2]):
-            return True  # an overflow of the scaled backward: the caller skips the step
+        flagged: list[tuple[str, list[Tensor], str]] = []  # (subject, tensors, not-finite msg)
         for t in range(num_tasks):
             if bad_grad[t] or bad_own[t]:
                 where = "shared" if bad_grad[t] else "task-specific"
-                raise FloatingPointError(
-                    f"the gradient of task {names[t]!r} w.r.t. its {where} parameters is not "
-                    f"finite (loss {float(det[t]):g}); nothing was written to .grad or to the "
-                    f"balancer's state"
+                if bad_grad[t] and rows is not None:
+                    tensors = [rows[t]]
+                else:
+                    tensors = [g for g in task_grads[t] if g is not None]
+                subject = f"the gradient of task {names[t]!r} w.r.t. its {where} parameters"
+                flagged.append(
+                    (subject, tensors, f"{subject} is not finite (loss {float(det[t]):g})")
                 )
         if host[-2]:
-            raise FloatingPointError(
-                "the combined gradient of the shared parameters is not finite; nothing was "
-                "written to .grad or to the balancer's state"
-            )
-        return False
+            subject = "the combined gradient of the shared parameters"
+            flagged.append((subject, list(combined), f"{subject} is not finite"))
+        if not flagged:
+            return False
+        found = [(s, ts, m, exact_norm(ts) if ts else None) for s, ts, m in flagged]
+        if skip and any(n is None for *_, n in found):
+            return True  # an overflow of the scaled backward: the caller skips the step
+        subject, tensors, message, norm = found[0]
+        if norm is not None:
+            raise FloatingPointError(overflow_message(subject, tensors, norm))
+        raise FloatingPointError(
+            f"{message}; nothing was written to .grad or to the balancer's state"
+        )
 
     # ------------------------------------------------------------------ hooks
     def epoch_end(self) -> None:
@@ -1313,33 +1340,6 @@ def _scaled(grads: list[list[Tensor | None]], factors: Tensor) -> list[list[Tens
 
 def _zero_if_none(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g
-
-
-def _norms(tensors: Sequence[Tensor]) -> Tensor:
-    """Norms of each tensor (float32 at least: half-precision squares overflow), with one
-    multi-tensor kernel where possible instead of one launch per tensor. A sparse gradient
-    (of a table) counts its coalesced values."""
-    if any(t.is_sparse for t in tensors):
-        device = tensors[0].device
-        return torch.stack([_norm_of(t).to(device) for t in tensors])
-    if all(t.dtype in (torch.float32, torch.float64) for t in tensors):
-        by_dtype = {t.dtype for t in tensors}
-        if len(by_dtype) == 1:
-            return torch.stack(torch._foreach_norm(list(tensors)))
-    return torch.stack(
-        [
-            torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32)).double()
-            for t in tensors
-        ]
-    )
-
-
-def _norm_of(t: Tensor) -> Tensor:
-    """One tensor's norm in float64 (a sparse tensor: of its coalesced values)."""
-    values = t.coalesce().values() if t.is_sparse else t
-    return torch.linalg.vector_norm(
-        values, dtype=torch.promote_types(values.dtype, torch.float32)
-    ).double()
 
 
 def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
