@@ -168,15 +168,21 @@ def _least_norm_among_optimal(g: Tensor, a: Tensor, w: Tensor, solver: Solver) -
     with the tasks), then the equalities solved exactly on the support found. Kept only if
     it gives the same point and satisfies the KKT conditions as well as ``w``."""
     n = g.shape[0]
-    gw = g @ w
-    value = float(w @ gw)
-    floor = 100.0 * _EPS * (g.abs() @ w)  # the rounding of (Gw)_t
-    idx = ((gw - value) <= 1e-9 * abs(value) + floor).nonzero().squeeze(1)
+    norms = a.norm(dim=0)
+    origin = _at_origin(a, w)
+    if origin:  # u* = 0: ⟨g_t, u*⟩ = ‖u*‖² = 0 for every task
+        idx = torch.arange(n)
+        point = torch.zeros_like(a[:, 0])
+    else:
+        gw = g @ w
+        value = float(w @ gw)
+        spread = g.abs() @ w
+        floor = 100.0 * _EPS * (spread + float(w @ spread))  # the rounding of (Gw)_t − wᵀGw
+        idx = ((gw - value) <= 1e-9 * abs(value) + floor).nonzero().squeeze(1)
+        point = a @ w
     k = int(idx.numel())
     if k <= 1:
         return w
-    point = a @ w
-    norms = a.norm(dim=0)
     equal = torch.cat([a[:, idx], torch.ones(1, k, dtype=_F64)])  # equal @ w_S = target
     target = torch.cat([point, torch.ones(1, dtype=_F64)])
     if int(torch.linalg.matrix_rank(equal / equal.norm(dim=0).clamp_min(1e-300))) == k:
@@ -197,8 +203,9 @@ def _least_norm_among_optimal(g: Tensor, a: Tensor, w: Tensor, solver: Solver) -
         return w
     cand = cand / cand.sum()
     moved = float((a @ cand - point).norm())
-    rounding = 100.0 * _EPS * float((w + cand) @ norms)
-    if _at_origin(a, w):
+    # what solving the equalities can reach: rounding at the scale of the largest column
+    rounding = 100.0 * _EPS * (float(norms[idx].max()) + float((w + cand) @ norms))
+    if origin:
         return cand if moved <= rounding else w
     if moved > 1e-6 * float(point.norm()) + rounding:
         return w
