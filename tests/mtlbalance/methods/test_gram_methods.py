@@ -27,8 +27,9 @@ from mtlbalance.aggregators.mgda_ub import MGDAUB
 from mtlbalance.aggregators.nashmtl import NashMTL, nash_weights
 from mtlbalance.aggregators.upgrad import UPGrad
 
+from .._asserts import EPS, assert_min_norm_kkt
 from ..conftest import build_problem
-from .test_min_norm import EPS, assert_min_norm_kkt, nnls_reference
+from .test_min_norm import nnls_reference
 
 F64 = torch.float64
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -26,8 +26,9 @@ import mtlbalance
 from mtlbalance.aggregators import _min_norm
 from mtlbalance.aggregators.mgda import MGDA
 
+from .._asserts import EPS, assert_min_norm_kkt
+
 F64 = torch.float64
-EPS = float(torch.finfo(F64).eps)
 REPO = Path(__file__).resolve().parents[3]
 
 #: the issue's example: loss_t = ⟨g_t, θ⟩, norms 0.01, ≈ 990 and ≈ 1.02
@@ -41,23 +42,6 @@ def nnls_reference(jac: torch.Tensor) -> torch.Tensor:
     e[-1] = 1.0
     u, _ = optimize.nnls(np.vstack([jac.numpy().T, np.ones(jac.shape[0])]), e)
     return torch.from_numpy(u / u.sum())
-
-
-def assert_min_norm_kkt(jac: torch.Tensor, w: torch.Tensor) -> None:
-    """``w`` is on the simplex and ``u = wᵀJ`` satisfies MGDA's KKT conditions relative to
-    ``‖u‖²`` (or is the origin, up to rounding at the scale of the largest gradient)."""
-    assert (w >= 0).all() and abs(float(w.sum()) - 1.0) < 1e-12, w
-    norms = jac.norm(dim=1)
-    u = w @ jac
-    length = float(u.norm())
-    if length <= 1e3 * EPS * float(norms.max()):
-        return  # the hull contains the origin: ‖u‖ = 0 is the minimum, up to rounding
-    norm2 = length * length
-    tol = 1e-9 * norm2 + 3e4 * EPS * float(norms.max()) * length
-    dots = jac @ u
-    assert (dots >= norm2 - tol).all(), ((dots - norm2) / norm2, tol / norm2)
-    support = w > 0
-    assert float((dots[support] - norm2).abs().max()) <= tol, ((dots - norm2) / norm2, w)
 
 
 @st.composite
