@@ -119,8 +119,10 @@ def assert_permutation_equivariant(factory: Factory, matrix: Tensor, perm: Tenso
     weight = 0.0 if result.weights is None else float(result.weights.abs().max())
     scale = float(matrix.norm(dim=1).max()) * (weight + 1.0)
     assert float((out - out_p).abs().max()) <= 1e-7 * scale, (out, out_p)
-    if result.weights is not None:
-        torch.testing.assert_close(result_p.weights, result.weights[perm], rtol=1e-6, atol=1e-9)
+    if result.weights is not None:  # (relative to the largest weight: ill-conditioned G
+        # makes a solver's weights large and sensitive to rounding, not to the order)
+        diff = float((result_p.weights - result.weights[perm]).abs().max())
+        assert diff <= 1e-5 * weight + 1e-9, (result.weights, result_p.weights, perm)
 
 
 def assert_non_conflicting(factory: Factory, matrix: Tensor, tol: float = 0.0) -> None:

@@ -15,10 +15,9 @@ import torch
 from torch import Tensor
 
 from ..aggregators.sum import Sum
-from ..engines import EngineInputs
 from ..engines.base import write_row
 from ..transforms.identity import Identity
-from . import check, combine, inputs, scaling
+from . import check, combine, engine, inputs, scaling
 from .context import Accumulation, Grads, Setup, Step
 
 
@@ -63,16 +62,12 @@ def add(
         reached = [g is not None for g in shared]
         task_grads = combine.split(dense[len(layout.params) :], task_params)
     else:  # raw rows ∇θ ℓ_t; the transform's seed is applied to the means at the end
-        engine_inputs = EngineInputs(
-            losses=raw,
-            seed=torch.ones_like(vec) if scale is None else scale.expand_as(vec).clone(),
-            layout=layout,
-            task_params=task_params,
-            representation=inputs.representation(representation),
-        )
+        seed = torch.ones_like(vec) if scale is None else scale.expand_as(vec).clone()
+        zs = inputs.representation(representation)
         rows = setup.engine.rows(len(raw), layout)
-        retain = setup.options.retain_graph or bool(tables)
-        result = setup.engine.compute(engine_inputs, rows, retain)
+        result = setup.engine.compute(
+            engine.engine_inputs(setup, raw, seed, zs), rows, setup.engine_retains_graph
+        )
         reached, task_grads = result.reached, result.task_grads
         for t, loss in enumerate(raw) if tables else ():
             keep = setup.options.retain_graph or t < len(raw) - 1

@@ -11,7 +11,7 @@ whose norm overflows is reported as such, with its norm computed without overflo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -130,9 +130,15 @@ def gate(
     return _verdict(flagged, skip=scale_bad is not None)
 
 
-def _verdict(flagged: list[tuple[str, list[Tensor], str]], *, skip: bool) -> bool:
+def _verdict(
+    flagged: list[tuple[str, list[Tensor], str]],
+    *,
+    skip: bool,
+    not_finite: Callable[[list[str]], str] | None = None,
+) -> bool:
     """Skip (an overflow under a loss scale), or raise for the first flagged gradient: as
-    not finite, or — when it is finite and only its norm overflowed — as too large."""
+    not finite, or — when it is finite and only its norm overflowed — as too large.
+    ``not_finite`` builds the message from every non-finite item's message instead."""
     if not flagged:
         return False
     found = [(s, ts, m, exact_norm(ts) if ts else None) for s, ts, m in flagged]
@@ -141,6 +147,8 @@ def _verdict(flagged: list[tuple[str, list[Tensor], str]], *, skip: bool) -> boo
     subject, tensors, message, norm = found[0]
     if norm is not None:
         raise FloatingPointError(overflow_message(subject, tensors, norm))
+    if not_finite is not None:
+        raise FloatingPointError(not_finite([m for *_, m, n in found if n is None]))
     raise FloatingPointError(f"{message}; nothing was written to .grad or to the balancer's state")
 
 
@@ -155,16 +163,14 @@ def gate_tables(setup: Setup, step: Step) -> bool:
     if not named:
         return False
     bad = (~torch.isfinite(norms([g for _, g in named]))).cpu().tolist()
-    if not any(bad):
-        return False
-    found = [(n, g, exact_norm([g])) for (n, g), b in zip(named, bad, strict=True) if b]
-    if step.scale_bad is not None and any(norm is None for *_, norm in found):
-        return True
-    name, grad, norm = found[0]
-    if norm is not None:
-        raise FloatingPointError(overflow_message(f"the gradient of table {name}", [grad], norm))
-    names = [n for n, _, norm in found if norm is None]
-    raise FloatingPointError(
-        f"the gradient of table(s) {', '.join(names)} is not finite; nothing was written to "
-        f".grad (the aggregator has already taken this step's finite shared gradients)"
+    flagged = [
+        (f"the gradient of table {n}", [g], n) for (n, g), b in zip(named, bad, strict=True) if b
+    ]
+    return _verdict(
+        flagged,
+        skip=step.scale_bad is not None,
+        not_finite=lambda names: (
+            f"the gradient of table(s) {', '.join(names)} is not finite; nothing was written "
+            f"to .grad (the aggregator has already taken this step's finite shared gradients)"
+        ),
     )

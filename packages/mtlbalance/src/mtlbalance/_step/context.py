@@ -61,6 +61,12 @@ class Setup:
     def table_params(self) -> list[Tensor]:
         return [p for _, p in self.tables]
 
+    @property
+    def engine_retains_graph(self) -> bool:
+        """The engine keeps the graph when the caller asks, or when the tables' backward
+        follows the engine's."""
+        return self.options.retain_graph or bool(self.tables)
+
     def transform_params(self) -> list[Tensor]:
         return [p for p in self.transform.parameters() if p.requires_grad]
 

@@ -22,14 +22,21 @@ from . import check, scaling
 from .context import Setup, Step
 
 
-def engine_inputs(setup: Setup, step: Step, seed: Tensor) -> EngineInputs:
-    assert step.raw is not None
+def engine_inputs(
+    setup: Setup,
+    raw: list[Tensor] | None,
+    seed: Tensor,
+    representation: tuple[Tensor, ...] | None,
+) -> EngineInputs:
+    """What a gradient engine needs: the graph-attached losses and the seed of their
+    backward (``S ∂ℓ̃/∂ℓ``; ones — or S — for an accumulation's raw rows)."""
+    assert raw is not None
     return EngineInputs(
-        losses=step.raw,
+        losses=raw,
         seed=seed,
         layout=setup.layout,
         task_params=setup.task_params,
-        representation=step.representation,
+        representation=representation,
     )
 
 
@@ -45,11 +52,9 @@ def run(setup: Setup, step: Step) -> None:
 
 def _rows(setup: Setup, step: Step) -> None:
     assert step.backward_seed is not None
-    inputs = engine_inputs(setup, step, step.backward_seed)
+    inputs = engine_inputs(setup, step.raw, step.backward_seed, step.representation)
     rows = setup.engine.rows(inputs.num_tasks, setup.layout)
-    # with tables, one more backward (into the tables) follows the engine's
-    retain = setup.options.retain_graph or bool(setup.tables)
-    result = setup.engine.compute(inputs, rows, retain)
+    result = setup.engine.compute(inputs, rows, setup.engine_retains_graph)
     step.engine = setup.engine.label
     check.reached(setup, result.reached)
     step.task_grads = result.task_grads
@@ -67,7 +72,7 @@ def _representation_rows(setup: Setup, step: Step) -> None:
             f"balancer.backward(losses, representation=z)"
         )
     assert step.backward_seed is not None
-    inputs = engine_inputs(setup, step, step.backward_seed)
+    inputs = engine_inputs(setup, step.raw, step.backward_seed, step.representation)
     rows = []
     for t in range(inputs.num_tasks):
         outputs, seeds = inputs.row_seed(t)
