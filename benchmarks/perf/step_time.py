@@ -27,16 +27,13 @@ end.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
-import importlib.metadata
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -46,8 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,270 +52,17 @@ except ImportError:  # not installed (e.g. a bare GPU machine): use the reposito
     sys.path.insert(0, str(REPO / "packages" / "mtlbalance" / "src"))
     import mtlbalance
 
-SHAPES = ("resnet18", "deeplab", "ctr", "qm9")
-
-#: Targets from the issue (H100, full size): DB-MTL step time / EW step time.
-TARGETS: dict[str, float] = {"resnet18": 2.0, "deeplab": 1.7, "ctr": 1.25, "qm9": 4.0}
-
-Losses = dict[str, Tensor]
-
-
-# ------------------------------------------------------------------------------------ shapes
-class Shape:
-    """A model shape: fixed data, a fresh model (shared encoder + task heads), the losses."""
-
-    name: str = ""
-    tasks: tuple[str, ...] = ()
-
-    def __init__(self, small: bool):
-        self.small = small
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def make_data(self, gen: torch.Generator, device: torch.device) -> Any:
-        raise NotImplementedError
-
-    def make_model(self) -> tuple[nn.Module, nn.ModuleDict]:
-        raise NotImplementedError
-
-    def forward(self, encoder: nn.Module, heads: nn.ModuleDict, data: Any) -> tuple[Tensor, Losses]:
-        """``z = encoder(input)`` and the task losses computed from ``z`` by the heads."""
-        raise NotImplementedError
-
-
-class ResNet18Shape(Shape):
-    name = "resnet18"
-    tasks = ("amazon", "dslr", "webcam")
-
-    def __init__(self, small: bool):
-        super().__init__(small)
-        self.batch, self.hw = (4, 64) if small else (64, 224)
-        self.classes = 31
-
-    def describe(self) -> str:
-        return (
-            f"torchvision resnet18 (fc=Identity), batch {self.batch}x3x{self.hw}x{self.hw}, "
-            f"{len(self.tasks)} heads Linear(512, {self.classes}), cross-entropy"
-        )
-
-    def make_data(self, gen: torch.Generator, device: torch.device) -> Any:
-        x = torch.randn(self.batch, 3, self.hw, self.hw, generator=gen)
-        ys = {t: torch.randint(0, self.classes, (self.batch,), generator=gen) for t in self.tasks}
-        return x.to(device), {t: y.to(device) for t, y in ys.items()}
-
-    def make_model(self) -> tuple[nn.Module, nn.ModuleDict]:
-        from torchvision.models import resnet18
-
-        encoder = resnet18(weights=None)
-        encoder.fc = nn.Identity()
-        heads = nn.ModuleDict({t: nn.Linear(512, self.classes) for t in self.tasks})
-        return encoder, heads
-
-    def forward(self, encoder: nn.Module, heads: nn.ModuleDict, data: Any) -> tuple[Tensor, Losses]:
-        x, ys = data
-        z = encoder(x)
-        return z, {t: F.cross_entropy(heads[t](z), ys[t]) for t in self.tasks}
-
-
-class DeepLabEncoder(nn.Module):
-    """DeepLabV3's dilated ResNet-50 backbone; returns its ``"out"`` feature map (2048 ch)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from torchvision.models.segmentation import deeplabv3_resnet50
-
-        self.backbone = deeplabv3_resnet50(weights=None, weights_backbone=None).backbone
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(x)["out"]
-
-
-class DeepLabShape(Shape):
-    name = "deeplab"
-    tasks = ("segmentation", "depth", "normal")
-    channels: dict[str, int] = {"segmentation": 13, "depth": 1, "normal": 3}  # noqa: RUF012
-
-    def __init__(self, small: bool):
-        super().__init__(small)
-        # Batch 2 at least: the ASPP pooling branch has a BatchNorm over a 1x1 map.
-        self.batch, self.h, self.w = (2, 32, 48) if small else (8, 288, 384)
-
-    def describe(self) -> str:
-        return (
-            f"deeplabv3_resnet50 backbone (dilated ResNet-50, 2048 ch), batch "
-            f"{self.batch}x3x{self.h}x{self.w}, 3 DeepLabHead (ASPP) heads: segmentation "
-            f"(13, CE), depth (1, L1), normal (3, 1-cos)"
-        )
-
-    def make_data(self, gen: torch.Generator, device: torch.device) -> Any:
-        b, h, w = self.batch, self.h, self.w
-        x = torch.randn(b, 3, h, w, generator=gen)
-        seg = torch.randint(0, self.channels["segmentation"], (b, h, w), generator=gen)
-        depth = torch.rand(b, 1, h, w, generator=gen) * 10
-        normal = F.normalize(torch.randn(b, 3, h, w, generator=gen), dim=1)
-        return tuple(t.to(device) for t in (x, seg, depth, normal))
-
-    def make_model(self) -> tuple[nn.Module, nn.ModuleDict]:
-        from torchvision.models.segmentation.deeplabv3 import DeepLabHead
-
-        encoder = DeepLabEncoder()
-        heads = nn.ModuleDict({t: DeepLabHead(2048, c) for t, c in self.channels.items()})
-        return encoder, heads
-
-    def forward(self, encoder: nn.Module, heads: nn.ModuleDict, data: Any) -> tuple[Tensor, Losses]:
-        x, seg, depth, normal = data
-        z = encoder(x)
-        size = x.shape[-2:]
-
-        def out(task: str) -> Tensor:
-            return F.interpolate(heads[task](z), size=size, mode="bilinear", align_corners=False)
-
-        pred_normal = F.normalize(out("normal"), dim=1)
-        losses = {
-            "segmentation": F.cross_entropy(out("segmentation"), seg, ignore_index=-1),
-            "depth": F.l1_loss(out("depth"), depth),
-            "normal": 1 - (pred_normal * normal).sum(dim=1).mean(),
-        }
-        return z, losses
-
-
-class CTREncoder(nn.Module):
-    """Sparse embeddings (sum-pooled bags of one id, dense gradients) + dense features → MLP."""
-
-    def __init__(self, tables: int, rows: int, dim: int, dense: int):
-        super().__init__()
-        self.tables = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum") for _ in range(tables))
-        self.mlp = nn.Sequential(
-            nn.Linear(tables * dim + dense, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU()
-        )
-
-    def forward(self, ids: Tensor, dense: Tensor) -> Tensor:
-        embs = [table(ids[:, i : i + 1]) for i, table in enumerate(self.tables)]
-        return self.mlp(torch.cat([*embs, dense], dim=1))
-
-
-class CTRShape(Shape):
-    name = "ctr"
-    tasks = ("click", "conversion")
-
-    def __init__(self, small: bool):
-        super().__init__(small)
-        self.tables, self.dim, self.dense = 26, 16, 13
-        self.rows, self.batch = (1_000, 256) if small else (100_000, 4096)
-
-    def describe(self) -> str:
-        return (
-            f"{self.tables} EmbeddingBag(sum) tables {self.rows}x{self.dim} (dense grads) + "
-            f"{self.dense} dense features -> MLP 512-256, batch {self.batch}, "
-            f"{len(self.tasks)} heads Linear(256, 1), BCE-with-logits"
-        )
-
-    def make_data(self, gen: torch.Generator, device: torch.device) -> Any:
-        ids = torch.randint(0, self.rows, (self.batch, self.tables), generator=gen)
-        dense = torch.randn(self.batch, self.dense, generator=gen)
-        labels = torch.randint(0, 2, (self.batch, len(self.tasks)), generator=gen).float()
-        return ids.to(device), dense.to(device), labels.to(device)
-
-    def make_model(self) -> tuple[nn.Module, nn.ModuleDict]:
-        encoder = CTREncoder(self.tables, self.rows, self.dim, self.dense)
-        heads = nn.ModuleDict({t: nn.Linear(256, 1) for t in self.tasks})
-        return encoder, heads
-
-    def forward(self, encoder: nn.Module, heads: nn.ModuleDict, data: Any) -> tuple[Tensor, Losses]:
-        ids, dense, labels = data
-        z = encoder(ids, dense)
-        losses = {
-            t: F.binary_cross_entropy_with_logits(heads[t](z).squeeze(-1), labels[:, i])
-            for i, t in enumerate(self.tasks)
-        }
-        return z, losses
-
-
-class QM9Encoder(nn.Module):
-    """The encoder of PyG's examples/qm9_nn_conv.py, up to ``relu(lin1(set2set(...)))``."""
-
-    def __init__(self, in_dim: int = 11, edge_dim: int = 5, dim: int = 64):
-        super().__init__()
-        from torch_geometric.nn import NNConv, Set2Set
-
-        self.lin0 = nn.Linear(in_dim, dim)
-        net = nn.Sequential(nn.Linear(edge_dim, 128), nn.ReLU(), nn.Linear(128, dim * dim))
-        self.conv = NNConv(dim, dim, net, aggr="mean")
-        self.gru = nn.GRU(dim, dim)
-        self.set2set = Set2Set(dim, processing_steps=3)
-        self.lin1 = nn.Linear(2 * dim, dim)
-
-    def forward(self, data: Any) -> Tensor:
-        out = F.relu(self.lin0(data.x))
-        h = out.unsqueeze(0)
-        for _ in range(3):
-            m = F.relu(self.conv(out, data.edge_index, data.edge_attr))
-            out, h = self.gru(m.unsqueeze(0), h)
-            out = out.squeeze(0)
-        # dim_size given: no device-to-host sync for index.max() on every step.
-        out = self.set2set(out, data.batch, dim_size=data.num_graphs)
-        return F.relu(self.lin1(out))
-
-
-class QM9Shape(Shape):
-    name = "qm9"
-    tasks = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G")
-
-    def __init__(self, small: bool):
-        super().__init__(small)
-        # Small: fewer and smaller molecules (NNConv's per-edge 64x64 weights dominate on CPU).
-        self.molecules, self.atoms = (4, (6, 12)) if small else (128, (10, 26))
-        self.edges = 0
-        self.nodes = 0
-
-    def describe(self) -> str:
-        return (
-            f"NNConv(aggr=mean)+GRU x3 + Set2Set(3) + Linear(128,64) encoder, {self.molecules} "
-            f"random molecules of {self.atoms[0]}-{self.atoms[1]} atoms, complete graphs "
-            f"({self.nodes} nodes, {self.edges} edges), {len(self.tasks)} heads Linear(64, 1), MSE"
-        )
-
-    def make_data(self, gen: torch.Generator, device: torch.device) -> Any:
-        from torch_geometric.data import Batch, Data
-
-        graphs = []
-        for _ in range(self.molecules):
-            n = int(torch.randint(self.atoms[0], self.atoms[1] + 1, (1,), generator=gen))
-            idx = torch.arange(n)
-            src, dst = idx.repeat_interleave(n), idx.repeat(n)
-            keep = src != dst
-            edge_index = torch.stack([src[keep], dst[keep]])
-            graphs.append(
-                Data(
-                    x=torch.randn(n, 11, generator=gen),
-                    edge_index=edge_index,
-                    edge_attr=torch.rand(edge_index.shape[1], 5, generator=gen),
-                    y=torch.randn(1, len(self.tasks), generator=gen),
-                )
-            )
-        batch = Batch.from_data_list(graphs)
-        self.nodes, self.edges = int(batch.num_nodes), int(batch.num_edges)
-        return batch.to(device)
-
-    def make_model(self) -> tuple[nn.Module, nn.ModuleDict]:
-        heads = nn.ModuleDict({t: nn.Linear(64, 1) for t in self.tasks})
-        return QM9Encoder(), heads
-
-    def forward(self, encoder: nn.Module, heads: nn.ModuleDict, data: Any) -> tuple[Tensor, Losses]:
-        z = encoder(data)
-        losses = {
-            t: F.mse_loss(heads[t](z).squeeze(-1), data.y[:, i]) for i, t in enumerate(self.tasks)
-        }
-        return z, losses
-
-
-SHAPE_CLASSES: dict[str, type[Shape]] = {
-    "resnet18": ResNet18Shape,
-    "deeplab": DeepLabShape,
-    "ctr": CTRShape,
-    "qm9": QM9Shape,
-}
+from _step_report import (  # noqa: E402 (after the mtlbalance fallback)
+    TARGETS,
+    add_ratios,
+    comparison_markdown,
+    load_for_merge,
+    machine_info,
+    markdown,
+    mib,
+    write_outputs,
+)
+from _step_shapes import SHAPE_CLASSES, SHAPES, Shape  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -370,10 +112,6 @@ def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def mib(n: int) -> float:
-    return round(n / 2**20, 1)
 
 
 def summarize_warnings(caught: Sequence[warnings.WarningMessage]) -> list[dict[str, Any]]:
@@ -516,197 +254,6 @@ def run_config(
     return row
 
 
-# ------------------------------------------------------------------------------------ report
-def machine_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        # timezone.utc, not datetime.UTC: the script also runs on Python 3.10.
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017
-        "argv": list(sys.argv),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": str(device),
-        "mtlbalance": getattr(mtlbalance, "__version__", None),
-        "mtlbalance_path": str(Path(mtlbalance.__file__).parent),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
-    for dist in ("torchvision", "torch_geometric"):
-        try:  # the installed version, without importing it
-            info[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:  # only the shapes that need it fail
-            info[dist] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_memory_mib"] = mib(props.total_memory)
-        info["cudnn"] = torch.backends.cudnn.version()
-        info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
-        info["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-    info["git_commit"] = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain")
-    info["git_dirty"] = None if status is None else bool(status)
-    return info
-
-
-def _git(*cmd: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), *cmd], capture_output=True, text=True, timeout=20, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Ratio of each row's median to the first ``ew`` median of the same shape."""
-    base: dict[str, float] = {}
-    for row in rows:
-        if row["config"] == "ew" and "median_ms" in row:
-            base.setdefault(row["shape"], row["median_ms"])
-    for row in rows:
-        ew = base.get(row["shape"])
-        if ew and "median_ms" in row:
-            row["ratio_to_ew"] = round(row["median_ms"] / ew, 3)
-
-
-def _notes(row: dict[str, Any]) -> str:
-    notes = []
-    if "error" in row:
-        notes.append("ERROR " + row["error"].splitlines()[0][:160])
-    if row.get("auto_chosen"):
-        medians = {k: statistics.median(v) for k, v in row.get("auto_timings_ms", {}).items() if v}
-        shown = ", ".join(f"{k} {v:.1f}" for k, v in sorted(medians.items(), key=lambda x: x[1]))
-        notes.append(f"auto picked {row['auto_chosen']} (trial ms: {shown})")
-    for name, why in row.get("auto_dropped", {}).items():
-        notes.append(f"auto dropped {name}: {why[:120]}")
-    if row.get("fallback"):
-        notes.append(f"fell back {row['fallback']}")
-    if row.get("losses_finite") is False:
-        notes.append("NON-FINITE LOSS")
-    mtl_warnings = [w for w in row.get("warnings", []) if "mtlbalance" in w["message"]]
-    other = len(row.get("warnings", [])) - len(mtl_warnings)
-    for w in mtl_warnings:
-        if "auto engine: not using" in w["message"]:
-            continue  # already shown as "auto dropped"
-        notes.append("warning: " + w["message"][:200])
-    if other:
-        notes.append(f"{other} other warning(s), see JSON")
-    return "; ".join(notes).replace("|", "\\|")
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def markdown(result: dict[str, Any]) -> str:
-    info, rows = result["machine"], result["rows"]
-    settings = result["settings"]
-    gpu = info.get("gpu") or "—"
-    lines = [
-        f"# Step time: DB-MTL vs EW ({settings['tag']}, size {settings['size']})",
-        "",
-        f"- command: `{info['command']}`",
-        f"- date: {info['date']}; host: {info['hostname']}; git: {info['git_commit'] or '—'}"
-        + (" (dirty)" if info.get("git_dirty") else ""),
-        f"- device: {info['device']}; GPU: {gpu}; torch {info['torch']}; CUDA "
-        f"{info['cuda'] or '—'}; cuDNN benchmark: {info.get('cudnn_benchmark', '—')}; "
-        f"CPUs: {info['cpu_count']} (torch threads {info['torch_threads']})",
-        f"- step = zero_grad + forward + backward/balancer.backward + Adam(lr 1e-4); warm-up "
-        f"{settings['warmup']} steps ({settings['auto_warmup']} for dbmtl-auto), "
-        f"{settings['steps']} timed steps; median and IQR in ms; ratio = median / first `ew` "
-        f"median of the shape; peak = max_memory_allocated over the whole configuration; "
-        f"check_finite={not settings['no_check_finite']}",
-        "- targets (issue, H100, full size): DB-MTL ≤ "
-        + ", ".join(f"{v:g}× EW on {k}" for k, v in TARGETS.items()),
-    ]
-    for run in result["runs"]:
-        if run["run"] == result["run"]:
-            continue
-        m = run["machine"]
-        lines.append(
-            f"- rows of {', '.join(run['shapes'])} come from an earlier run (merged): "
-            f"`{m['command']}` on {m['date']}, {m.get('gpu') or m['device']}, torch {m['torch']}"
-        )
-    lines += [
-        "",
-        "| shape | config | median ms | IQR ms | ratio to EW | peak MiB | engine used | notes |",
-        "|---|---|---:|---:|---:|---:|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['shape']} | {r['config']} | {_fmt(r.get('median_ms'), '.1f')} | "
-            f"{_fmt(r.get('iqr_ms'), '.1f')} | {_fmt(r.get('ratio_to_ew'), '.2f')} | "
-            f"{_fmt(r.get('peak_mib'), '.0f')} | {r.get('engine_used') or '—'} | {_notes(r)} |"
-        )
-    summary = []
-    for shape in dict.fromkeys(r["shape"] for r in rows):
-        dbmtl = [
-            r for r in rows if r["shape"] == shape and r["method"] == "dbmtl" and "ratio_to_ew" in r
-        ]
-        if not dbmtl:
-            continue
-        best = min(dbmtl, key=lambda r: r["ratio_to_ew"])
-        auto = next((r for r in dbmtl if r["config"] == "dbmtl-auto"), None)
-        target = TARGETS.get(shape)
-        summary.append(
-            f"| {shape} | {best['config']} {best['ratio_to_ew']:.2f}× | "
-            + (f"{auto['ratio_to_ew']:.2f}× ({auto.get('auto_chosen')})" if auto else "—")
-            + f" | ≤ {target:g}× | "
-            + ("yes" if best["ratio_to_ew"] <= (target or 0) else "no")
-            + " |"
-        )
-    if summary:
-        lines += [
-            "",
-            "| shape | best DB-MTL | DB-MTL auto | H100 target | best within target |",
-            "|---|---|---|---|---|",
-            *summary,
-        ]
-    lines += ["", "Shapes:", ""]
-    lines += [f"- `{k}`: {result['shapes'][k]}" for k in SHAPES if k in result["shapes"]]
-    return "\n".join(lines) + "\n"
-
-
-def load_for_merge(path: Path, shapes: Sequence[str], result: dict[str, Any]) -> None:
-    """``--merge``: keep the rows (and their runs) of the shapes this run does not measure."""
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text())
-    kept = [r for r in old.get("rows", []) if r["shape"] not in shapes]
-    used = {r.get("run") for r in kept}
-    runs = [run for run in old.get("runs", []) if run["run"] in used]
-    result["kept_rows"] = kept
-    result["runs"] = [*runs, *result["runs"]]
-    result["run"] = max(run["run"] for run in result["runs"]) + 1
-    result["runs"][-1]["run"] = result["run"]
-    for name, text in old.get("shapes", {}).items():
-        if name not in shapes:
-            result["shapes"][name] = text
-
-
-def write_outputs(
-    result: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path, stem: str
-) -> tuple[Path, Path]:
-    for row in rows:
-        row["run"] = result["run"]
-    merged = [*result.get("kept_rows", []), *rows]
-    order = {name: i for i, name in enumerate(SHAPES)}
-    result["rows"] = sorted(merged, key=lambda r: order.get(r["shape"], len(order)))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    saved = {k: v for k, v in result.items() if k != "kept_rows"}
-    json_path.write_text(json.dumps(saved, indent=1) + "\n")
-    md_path.write_text(markdown(result))
-    return json_path, md_path
-
-
 # ------------------------------------------------------------------------------------ main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -741,6 +288,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="keep the rows of the other shapes already in the output file (one shape per "
         "command, e.g. under a time limit, into one table)",
     )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="LABEL=SRC",
+        default=None,
+        help="measure several mtlbalance sources in one run (SRC: a packages/mtlbalance/src "
+        "folder, e.g. of a `git worktree` of another commit): each shape runs in a fresh "
+        "process per source, the sources alternating (ABBA...) over --rounds rounds; writes "
+        "step_time-<tag>-<size>-compare.{json,md} with each source's ratios to EW and the "
+        "ratios between sources",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per source (--compare)")
+    parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     small = args.size == "small"
     if args.warmup is None:
@@ -759,50 +319,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    tag = args.tag or device.type
-    stem = f"step_time-{tag}-{args.size}"
-    settings = {
-        "tag": tag,
-        "size": args.size,
-        "shapes": args.shapes,
-        "configs": args.configs,
-        "warmup": args.warmup,
-        "auto_warmup": args.auto_warmup,
-        "steps": args.steps,
-        "seed": args.seed,
-        "no_check_finite": args.no_check_finite,
-        "optimizer": "torch.optim.Adam(lr=1e-4)",
-        "dbmtl": {"beta": 0.9, "sigma": 0.5},
-        "merge": args.merge,
-    }
-    machine = machine_info(device)
-    result: dict[str, Any] = {
-        "benchmark": "step_time",
-        "run": 0,
-        "settings": settings,
-        "machine": machine,
-        "targets_h100_ratio_to_ew": TARGETS,
-        "runs": [{"run": 0, "shapes": args.shapes, "settings": settings, "machine": machine}],
-        "shapes": {},
-        "rows": [],
-    }
-    if args.merge:
-        load_for_merge(args.out / f"{stem}.json", args.shapes, result)
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def measure_shapes(
+    args: argparse.Namespace,
+    device: torch.device,
+    shapes: dict[str, str],
+    on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
+) -> list[dict[str, Any]]:
+    """Every configuration of every shape in ``args.shapes``: one row each (``shapes`` gets
+    each shape's description)."""
     rows: list[dict[str, Any]] = []
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    total = time.perf_counter()
     for name in args.shapes:
-        shape = SHAPE_CLASSES[name](small=args.size == "small")
+        shape: Shape = SHAPE_CLASSES[name](small=args.size == "small")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch_geometric's import noise
@@ -819,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             log(f"[{name}] cannot build the data: {err}")
             continue
-        result["shapes"][name] = shape.describe()
+        shapes[name] = shape.describe()
         log(f"[{name}] {shape.describe()}")
         for config in configs_for(name, args.configs):
             row = run_config(shape, config, data, device, args)
@@ -834,14 +365,176 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"engine {row.get('engine_used')}, {len(row['warnings'])} warning(s), "
                     f"{row['wall_s']:.1f} s"
                 )
-            write_outputs(result, rows, args.out, stem)
+            on_row(rows)
         del data
         free_memory(device)
+    return rows
+
+
+def settings_of(args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    return {
+        "tag": tag,
+        "size": args.size,
+        "shapes": args.shapes,
+        "configs": args.configs,
+        "warmup": args.warmup,
+        "auto_warmup": args.auto_warmup,
+        "steps": args.steps,
+        "seed": args.seed,
+        "no_check_finite": args.no_check_finite,
+        "optimizer": "torch.optim.Adam(lr=1e-4)",
+        "dbmtl": {"beta": 0.9, "sigma": 0.5},
+        "merge": args.merge,
+        "compare": args.compare,
+        "rounds": args.rounds if args.compare else None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    tag = args.tag or device.type
+    if args.worker_out is not None:  # one source's rows, for --compare
+        shapes: dict[str, str] = {}
+        rows = measure_shapes(args, device, shapes)
+        payload = {"rows": rows, "shapes": shapes, "machine": machine_info(device)}
+        args.worker_out.write_text(json.dumps(payload))
+        return 0
+    if args.compare:
+        return compare(args, device, tag)
+    stem = f"step_time-{tag}-{args.size}"
+    settings = settings_of(args, tag)
+    machine = machine_info(device)
+    result: dict[str, Any] = {
+        "benchmark": "step_time",
+        "run": 0,
+        "settings": settings,
+        "machine": machine,
+        "targets_h100_ratio_to_ew": TARGETS,
+        "runs": [{"run": 0, "shapes": args.shapes, "settings": settings, "machine": machine}],
+        "shapes": {},
+        "rows": [],
+    }
+    if args.merge:
+        load_for_merge(args.out / f"{stem}.json", args.shapes, result)
+    total = time.perf_counter()
+    rows = measure_shapes(
+        args, device, result["shapes"], lambda rows: write_outputs(result, rows, args.out, stem)
+    )
     result["total_wall_s"] = round(time.perf_counter() - total, 1)
     json_path, md_path = write_outputs(result, rows, args.out, stem)
     print(markdown(result))
     log(f"wrote {json_path} and {md_path} ({result['total_wall_s']} s)")
     return 0
+
+
+def _worker_command(args: argparse.Namespace, shape: str, out: Path) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-out", str(out)]
+    cmd += ["--shapes", shape, "--size", args.size, "--device", args.device]
+    cmd += ["--warmup", str(args.warmup), "--auto-warmup", str(args.auto_warmup)]
+    cmd += ["--steps", str(args.steps), "--seed", str(args.seed)]
+    if args.configs:
+        cmd += ["--configs", *args.configs]
+    if args.no_check_finite:
+        cmd.append("--no-check-finite")
+    return cmd
+
+
+def compare(args: argparse.Namespace, device: torch.device, tag: str) -> int:
+    """``--compare``: every source measures every shape in a fresh process, the sources
+    alternating (A B, then B A, ...) so that slow drift of a shared machine falls on both;
+    each source's step times are pooled over the rounds."""
+    sources: dict[str, Path] = {}
+    for item in args.compare:
+        label, _, path = item.partition("=")
+        if not label or not path or not Path(path, "mtlbalance").is_dir():
+            print(f"error: --compare {item!r}: want LABEL=<a packages/mtlbalance/src folder>")
+            return 2
+        sources[label] = Path(path).resolve()
+    stem = f"step_time-{tag}-{args.size}-compare"
+    result: dict[str, Any] = {
+        "benchmark": "step_time --compare",
+        "settings": settings_of(args, tag),
+        "machine": machine_info(device),
+        "sources": {label: str(path) for label, path in sources.items()},
+        "shapes": {},
+        "rows": [],
+        "workers": [],
+    }
+    total = time.perf_counter()
+    labels = list(sources)
+    for name in args.shapes:
+        for r in range(args.rounds):
+            for label in labels if r % 2 == 0 else labels[::-1]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / "rows.json"
+                    env = dict(os.environ)
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        [str(sources[label]), env.get("PYTHONPATH", "")]
+                    )
+                    log(f"[{name}] round {r + 1}/{args.rounds}: {label} ({sources[label]})")
+                    done = subprocess.run(_worker_command(args, name, out), env=env, check=False)
+                    if done.returncode != 0 or not out.is_file():
+                        result["workers"].append(
+                            {"shape": name, "round": r, "source": label, "error": done.returncode}
+                        )
+                        continue
+                    payload = json.loads(out.read_text())
+                result["shapes"].update(payload["shapes"])
+                result["workers"].append(
+                    {
+                        "shape": name,
+                        "round": r,
+                        "source": label,
+                        "mtlbalance_path": payload["machine"]["mtlbalance_path"],
+                    }
+                )
+                for row in payload["rows"]:
+                    row.update(source=label, round=r)
+                    result["rows"].append(row)
+                _write_compare(result, labels, args.out, stem)
+    result["total_wall_s"] = round(time.perf_counter() - total, 1)
+    json_path, md_path = _write_compare(result, labels, args.out, stem)
+    print(md_path.read_text())
+    log(f"wrote {json_path} and {md_path} ({result['total_wall_s']} s)")
+    return 0
+
+
+def _write_compare(
+    result: dict[str, Any], labels: list[str], out_dir: Path, stem: str
+) -> tuple[Path, Path]:
+    pooled: dict[tuple[str, str, str], list[float]] = {}
+    for row in result["rows"]:
+        if "times_ms" in row:
+            key = (row["shape"], row["config"], row["source"])
+            pooled.setdefault(key, []).extend(row["times_ms"])
+    summary = []
+    for (shape, config, source), times in pooled.items():
+        ms = sorted(times)
+        q1, median, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+        summary.append(
+            {
+                "shape": shape,
+                "config": config,
+                "source": source,
+                "steps": len(ms),
+                "median_ms": round(median, 3),
+                "iqr_ms": round(q3 - q1, 3),
+            }
+        )
+    result["summary"] = summary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    md_path.write_text(comparison_markdown(result, labels))
+    return json_path, md_path
 
 
 if __name__ == "__main__":

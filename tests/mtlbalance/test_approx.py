@@ -226,8 +226,8 @@ def test_dbmtl_balances_dense_exactly_and_tables_by_its_factors(engine: str, spa
             torch.testing.assert_close(table_grad.to_dense(), want, rtol=1e-9, atol=1e-14)
     # the memory point: the (T, P) matrix and the EMA cover the dense part only
     dense_numel = sum(p.numel() for p in problem.dense())
-    assert a._jacobian is not None
-    assert tuple(a._jacobian.shape) == (3, dense_numel)
+    assert a._engine.buffer is not None
+    assert tuple(a._engine.buffer.shape) == (3, dense_numel)
     ema = a.aggregator.ema
     assert isinstance(ema, Tensor) and tuple(ema.shape) == (3, dense_numel)
     if sparse:  # (the exact treatment writes rows of the flat matrix: dense tables only)
@@ -235,8 +235,8 @@ def test_dbmtl_balances_dense_exactly_and_tables_by_its_factors(engine: str, spa
     full = exact(problem, "dbmtl", engine=engine)
     problem.zero_grad()
     step(full, problem, 0)
-    assert full._jacobian is not None
-    assert full._jacobian.shape[1] == dense_numel + sum(p.numel() for p in problem.tables)
+    assert full._engine.buffer is not None
+    assert full._engine.buffer.shape[1] == dense_numel + sum(p.numel() for p in problem.tables)
 
 
 def test_dbmtl_class_takes_tables_and_an_optimizer_step_works_with_sparse_tables() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,3 +132,31 @@ def test_without_cudnn_rnn_keeps_outputs_and_batches() -> None:
         mtlbalance.DBMTL(gru, heads, engine=engine).backward(losses)
         results.append(torch.cat([p.grad.reshape(-1) for p in gru.parameters()]))
     torch.testing.assert_close(results[0], results[1])
+
+
+def _trial_steps(with_representation: bool) -> int:
+    """How many steps the auto engine labels "auto" (its trials) before it uses its choice."""
+    problem = build_problem(seed=8, num_tasks=3)
+    balancer = mtlbalance.DBMTL(problem.encoder, dict(problem.heads), engine="auto")
+    labels = []
+    for k in range(12):
+        problem.zero_grad()
+        losses, z = problem.losses(k)
+        labels.append(
+            balancer.backward(losses, representation=z if with_representation else None).engine
+        )
+    trials = labels.index(next(label for label in labels if label != "auto"))
+    assert all(label == "auto" for label in labels[:trials])
+    assert len(set(labels[trials:])) == 1  # then one engine for good
+    return trials
+
+
+def test_the_docs_say_when_auto_decides() -> None:
+    """Issue 15, item 13: docs/mtlbalance.md said the auto engine decides after 3 steps; it
+    takes 1 + 2 × (number of candidates) trial steps. The docs state what the engine does."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "mtlbalance.md").read_text("utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `auto` (default)"))
+    with_rep, without = _trial_steps(True), _trial_steps(False)
+    assert (with_rep, without) == (7, 5)  # 1 + 2·3 and 1 + 2·2
+    assert f"steps 1–{with_rep} are trials and the choice is used from step {with_rep + 1}" in row
+    assert f"steps 1–{without} and from step {without + 1}" in row

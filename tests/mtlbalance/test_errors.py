@@ -167,3 +167,46 @@ def test_representation_engine_without_representation() -> None:
     losses, z = problem.losses(0)
     with pytest.raises(ValueError, match="attached to the autograd graph"):
         balancer.backward(losses, representation=z.detach())
+
+
+def _huge_but_finite(method: str, **options):
+    """Task "a"'s float32 gradient has entries of 1e20: finite (and so is its norm, 2e20),
+    but their squares (1e40) overflow float32."""
+    theta = nn.Parameter(torch.ones(4))
+    balancer = mtlbalance.make(method, [theta], tasks=["a", "b"], engine="loop", **options)
+    losses = {"a": (theta * 1e20).sum() * 1e-20 + (theta * 1e20).sum(), "b": theta.square().sum()}
+    return theta, balancer, losses
+
+
+@pytest.mark.parametrize("method", ["maxnorm", "ew", "pcgrad"])
+def test_finite_gradient_whose_norm_overflows_is_not_called_non_finite(method: str) -> None:
+    """Issue 15, item 13: a finite gradient whose float32 norm overflows must be reported as
+    what it is (finite, too large for float32 norms), with its norm computed stably."""
+    theta, balancer, losses = _huge_but_finite(method)
+    with pytest.raises(FloatingPointError) as info:
+        balancer.backward(losses)
+    message = str(info.value)
+    assert "not finite" not in message
+    assert "is finite" in message and "float32" in message
+    assert "2e+20" in message  # ‖(1e20, 1e20, 1e20, 1e20)‖ = 2e20, not inf
+    assert theta.grad is None and balancer.step == 0
+
+
+def test_finite_gradient_overflowing_norm_with_a_loss_scale_raises_instead_of_skipping() -> None:
+    """With a loss scale, an overflow of the scaled backward skips the step; a gradient that
+    is finite after unscaling but too large for float32 norms is not an overflow of the scale
+    (a smaller scale would not help): it raises, and says why."""
+    theta, balancer, losses = _huge_but_finite("maxnorm")
+    with pytest.raises(FloatingPointError, match="is finite"):
+        balancer.backward(losses, loss_scale=2.0)
+    assert theta.grad is None and balancer.aggregator.step == 0
+
+
+def test_non_finite_gradient_is_still_called_non_finite() -> None:
+    theta = nn.Parameter(torch.ones(4))
+    balancer = mtlbalance.make("maxnorm", [theta], tasks=["a", "b"], engine="loop")
+    # finite loss, non-finite gradient (sqrt at 0)
+    bad = theta.square().sum() + torch.sqrt((theta[0] - theta[0].detach()).abs())
+    with pytest.raises(FloatingPointError, match=r"task 'a'.*is not finite"):
+        balancer.backward({"a": bad, "b": theta.square().sum()})
+    assert theta.grad is None

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 import mtlbalance
 from mtlbalance.aggregators import GramWeighting, LossWeighting, RepresentationWeighting, Sum
-from mtlbalance.transforms import Identity, LossTransform
+from mtlbalance.transforms import Identity, Log, LossTransform
 
 from .conftest import build_problem
 
@@ -100,7 +100,7 @@ def test_balancer_parameters_reach_the_optimizer() -> None:
     problem = build_problem(seed=0, num_tasks=3)
     transform = LearnedScale()
     balancer = mtlbalance.Balancer(
-        problem.encoder, dict(problem.heads), transform=transform, aggregator="sum"
+        problem.encoder, dict(problem.heads), transform=transform, aggregator=Sum()
     )
     (s,) = list(balancer.parameters())
     assert s is transform.s
@@ -180,7 +180,7 @@ def test_gram_weighting_with_task_weights() -> None:
 def test_representation_level_weighting() -> None:
     problem = build_problem(seed=4, num_tasks=3)
     balancer = mtlbalance.Balancer(
-        problem.encoder, dict(problem.heads), transform="log", aggregator=RepInverseNorm()
+        problem.encoder, dict(problem.heads), transform=Log(), aggregator=RepInverseNorm()
     )
     losses, z = problem.losses(0)
     logs = [torch.log(v + 1e-8) for v in losses.values()]

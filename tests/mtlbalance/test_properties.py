@@ -121,6 +121,24 @@ def test_zero_gradient_task_contributes_zero_not_nan() -> None:
     torch.testing.assert_close(update, ema0 * ema0.norm() / (ema0.norm() + 1e-8))
 
 
+def test_zero_gradient_task_is_reported_with_weight_zero() -> None:
+    """Issue 15, item 13: the weight reported for a task whose (EMA) gradient is zero is 0 —
+    what it contributes — not α/ε (≈ 1e8 α); the other weights are α/(‖ĝ_t‖ + ε)."""
+    problem = build_problem(seed=2, num_tasks=3)
+    balancer = mtlbalance.DBMTL(problem.encoder, dict(problem.heads), engine="loop")
+    losses, _ = problem.losses(0)
+    free = nn.Parameter(torch.tensor(3.0, dtype=torch.float64))
+    losses["t1"] = losses["t1"].detach() + free**2  # reaches no shared parameter
+    stats = balancer.backward(losses)
+    norms = balancer.aggregator.ema.norm(dim=1)
+    assert float(norms[1]) == 0.0
+    alpha = norms.max()
+    expected = torch.stack(
+        [alpha / (norms[0] + 1e-8), torch.zeros_like(alpha), alpha / (norms[2] + 1e-8)]
+    )
+    torch.testing.assert_close(stats.weights, expected, rtol=1e-12, atol=0.0)
+
+
 def _conv_problem(seed: int, dtype=torch.float64):
     torch.manual_seed(seed)
     encoder = nn.Sequential(

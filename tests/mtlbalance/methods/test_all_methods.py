@@ -15,6 +15,7 @@ from mtlbalance._random import RandomDraws
 from mtlbalance.aggregators import GradientAggregator, LossWeighting, RepresentationWeighting
 from mtlbalance.methods_doc import render
 
+from .._asserts import degenerate_matrices
 from ..conftest import build_problem
 
 METHODS = mtlbalance.available()
@@ -112,23 +113,10 @@ def test_permuting_tasks_permutes_the_result(method: str) -> None:
         torch.testing.assert_close(sb.weights, sa.weights[torch.tensor(perm)], rtol=1e-5, atol=1e-8)
 
 
-def degenerate_jacobians(num_params: int = 7) -> dict[str, torch.Tensor]:
-    g = torch.linspace(-1.0, 2.0, num_params, dtype=torch.float64)
-    h = torch.cos(torch.arange(num_params, dtype=torch.float64))
-    return {
-        "one zero row": torch.stack([g, torch.zeros_like(g), h]),
-        "identical rows": torch.stack([g, g, g]),
-        "opposed rows": torch.stack([g, -g]),
-        "T=1": g[None],
-        "all zero": torch.zeros(3, num_params, dtype=torch.float64),
-        "tiny and huge": torch.stack([1e-12 * g, 1e6 * h]),
-    }
-
-
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("case", list(degenerate_jacobians()))
+@pytest.mark.parametrize("case", list(degenerate_matrices()))
 def test_finite_on_degenerate_input(method: str, case: str) -> None:
-    jac = degenerate_jacobians()[case]
+    jac = degenerate_matrices()[case]
     num_tasks, num_params = jac.shape
     transform_name, aggregator_name, defaults = registry.parse(method)
     names = [f"t{i}" for i in range(num_tasks)]

@@ -610,3 +610,11 @@ def test_invalid_hyperparameters_are_named(name: str, kwargs: dict) -> None:
     (option,) = kwargs
     with pytest.raises(ValueError, match=option):
         METHODS[name](**kwargs)
+
+
+def test_gradvac_docstring_describes_libmtl_as_it_is() -> None:
+    """Issue 15, item 13: LibMTL moved the target update out of the ``if`` in February 2024
+    (commit d2d84fa); the docstring must not describe the old behaviour as LibMTL's."""
+    doc = " ".join((GradVac.__doc__ or "").split())
+    assert "LibMTL updates ``φ̂_ts`` only inside" not in doc
+    assert "d2d84fa" in doc and "2024" in doc

@@ -65,6 +65,22 @@ def check_disjoint(
             owner[id(p)] = name
 
 
+def check_table_overlap(shared: list[tuple[str, Tensor]], tables: list[tuple[str, Tensor]]) -> None:
+    """A parameter is balanced exactly (``shared``) or approximately (``tables``), not both."""
+    in_shared = {id(p): n for n, p in shared}
+    seen: dict[int, str] = {}
+    for name, p in tables:
+        if id(p) in in_shared:
+            raise ValueError(
+                f"{name} is also given as {in_shared[id(p)]}; a parameter is balanced either "
+                f"exactly (in `shared`, as a row of the (T, P) matrix) or approximately (in "
+                f"`tables`), not both: remove it from one of them"
+            )
+        if id(p) in seen:
+            raise ValueError(f"{name} is listed twice among the tables ({seen[id(p)]})")
+        seen[id(p)] = name
+
+
 class FlatLayout:
     """Where each shared parameter lives in a flat vector of length P (and in each row of a
     (T, P) matrix). All parameters must share one device and dtype."""

@@ -1,39 +1,40 @@
-"""The Balancer: loss transform × aggregator × gradient engine."""
+"""The Balancer: loss transform × aggregator × gradient engine, run as a step pipeline."""
 
 from __future__ import annotations
 
-import copy
-import functools
-import math
-import numbers
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._params import FlatLayout, ParamSource, check_disjoint, named_params
-from .aggregators.base import (
-    Aggregation,
-    Aggregator,
-    GradientAggregator,
-    LossWeighting,
-    RepresentationWeighting,
-)
+from ._params import FlatLayout, ParamSource, check_disjoint, check_table_overlap, named_params
+from ._step import accumulate, inputs, pipeline, scaling, transform
+from ._step.buffers import EngineSlot, UpdateBuffers
+from ._step.context import Accumulation, Options, Setup, Step
+from .aggregators.base import Aggregator
 from .aggregators.sum import Sum
-from .engines import AutoEngine, BatchingUnsupported, Engine, EngineInputs, LoopEngine, make_engine
-from .engines.base import write_row
+from .engines import Engine, make_engine
 from .stats import BalanceStats
 from .transforms.base import LossTransform
 from .transforms.identity import Identity
 
-Losses = Mapping[str, Tensor] | Tensor | Sequence[Tensor]
-Representation = Tensor | Sequence[Tensor] | None
-LossScale = float | Tensor | None
+Losses = inputs.Losses
+Representation = inputs.Representation
+LossScale = scaling.LossScale
 
 _STATE_VERSION = 1
+
+
+def _instance(value: Any, kind: type, what: str, example: str) -> Any:
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str):
+        raise TypeError(
+            f"{what}={value!r}: the Balancer takes a {kind.__name__} instance (e.g. {example}); "
+            f"to build a method by name use mtlbalance.make({value!r}, shared, task_params)"
+        )
+    raise TypeError(f"{what} must be a {kind.__name__}, got {type(value).__name__}")
 
 
 class Balancer:
@@ -51,12 +52,18 @@ class Balancer:
     * the transform's own learnable parameters: ``∇ Σ_t ℓ̃_t``;
     * the tables (``tables=``, approximate): ``∇ Σ_t c_t ℓ̃_t``, ``c_t`` the aggregator's weights.
 
+    Each step runs the stages of :mod:`mtlbalance._step` (docs/architecture.md); the Balancer
+    holds what lasts between steps: the parameters, the method, the engine, the buffers, the
+    step count and the micro-batches of an accumulation.
+
     Args:
         shared: the shared parameters (a module, an iterable of parameters, or of
             ``(name, parameter)`` pairs). Parameters that do not require grad are ignored.
         task_params: task name -> that task's own parameters (same forms), optional.
-        transform: a :class:`~mtlbalance.transforms.LossTransform` or its registry name.
-        aggregator: an :class:`~mtlbalance.aggregators.Aggregator` or its registry name.
+        transform: a :class:`~mtlbalance.transforms.LossTransform` (default
+            :class:`~mtlbalance.transforms.Identity`). By name: :func:`mtlbalance.make`.
+        aggregator: an :class:`~mtlbalance.aggregators.Aggregator` (default
+            :class:`~mtlbalance.aggregators.Sum`). By name: :func:`mtlbalance.make`.
         engine: ``"auto"`` (measured on the first steps), ``"loop"``, ``"batched"``,
             ``"representation"``, or an :class:`~mtlbalance.engines.Engine`.
         tasks: task names in order. Defaults to the keys of ``task_params``, else of the first
@@ -89,8 +96,8 @@ class Balancer:
         shared: ParamSource,
         task_params: Mapping[str, ParamSource] | None = None,
         *,
-        transform: str | LossTransform = "identity",
-        aggregator: str | Aggregator = "sum",
+        transform: LossTransform | None = None,
+        aggregator: Aggregator | None = None,
         engine: str | Engine = "auto",
         tasks: Sequence[str] | None = None,
         max_update_norm: float | None = None,
@@ -101,8 +108,6 @@ class Balancer:
         retain_graph: bool = False,
         tables: ParamSource | None = None,
     ):
-        from .registry import resolve_aggregator, resolve_transform
-
         self.layout = FlatLayout(named_params(shared, "shared"))
         self._task_named: dict[str, list[tuple[str, Tensor]]] = {
             str(k): named_params(v, f"task_params[{k!r}]") for k, v in (task_params or {}).items()
@@ -111,40 +116,83 @@ class Balancer:
         self._table_named: list[tuple[str, Tensor]] = (
             [] if tables is None else named_params(tables, "tables")
         )
-        _check_table_overlap(shared_named, self._table_named)
+        check_table_overlap(shared_named, self._table_named)
         check_disjoint(shared_named + self._table_named, self._task_named)
-        self._warned_factors = False
-        self.transform = resolve_transform(transform)
-        self.aggregator = resolve_aggregator(aggregator)
+        self.transform: LossTransform = (
+            Identity()
+            if transform is None
+            else _instance(transform, LossTransform, "transform", "mtlbalance.transforms.Log()")
+        )
+        self.aggregator: Aggregator = (
+            Sum()
+            if aggregator is None
+            else _instance(aggregator, Aggregator, "aggregator", "mtlbalance.aggregators.MaxNorm()")
+        )
         if max_update_norm is not None and not max_update_norm > 0:
             raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm}")
-        self.max_update_norm = max_update_norm
-        self.check_finite = check_finite
-        self.allow_unused = allow_unused
-        self.retain_graph = retain_graph
+        self._options = Options(check_finite, allow_unused, retain_graph, max_update_norm)
         self.engine_name = engine if isinstance(engine, str) else engine.name
-        self.engine = make_engine(engine, chunk_size=chunk_size, deterministic=deterministic)
+        self._engine = EngineSlot(
+            make_engine(engine, chunk_size=chunk_size, deterministic=deterministic)
+        )
+        self._buffers = UpdateBuffers(self.layout)
         self.step = 0
-        self._fallback: str | None = None
-        self._task_names: tuple[str, ...] | None = None
-        self._jacobian: Tensor | None = None
-        self._update_bufs: list[Tensor] = []
-        self._update_views: list[list[Tensor]] = []
-        self._acc: _Accumulation | None = None
+        self._setup: Setup | None = None
+        self._acc: Accumulation | None = None
         if tasks is not None:
             self._setup_tasks(tuple(str(t) for t in tasks))
         elif task_params is not None:
             self._setup_tasks(tuple(self._task_named))
 
+    # ------------------------------------------------------------------ options
+    @property
+    def check_finite(self) -> bool:
+        return self._options.check_finite
+
+    @check_finite.setter
+    def check_finite(self, value: bool) -> None:
+        self._options.check_finite = bool(value)
+
+    @property
+    def allow_unused(self) -> bool:
+        return self._options.allow_unused
+
+    @allow_unused.setter
+    def allow_unused(self, value: bool) -> None:
+        self._options.allow_unused = bool(value)
+
+    @property
+    def retain_graph(self) -> bool:
+        return self._options.retain_graph
+
+    @retain_graph.setter
+    def retain_graph(self, value: bool) -> None:
+        self._options.retain_graph = bool(value)
+
+    @property
+    def max_update_norm(self) -> float | None:
+        return self._options.max_update_norm
+
+    @max_update_norm.setter
+    def max_update_norm(self, value: float | None) -> None:
+        if value is not None and not value > 0:
+            raise ValueError(f"max_update_norm must be > 0 or None, got {value}")
+        self._options.max_update_norm = value
+
+    @property
+    def engine(self) -> Engine:
+        """The gradient engine in use (the loop engine after a fallback)."""
+        return self._engine.engine
+
     # ------------------------------------------------------------------ tasks
     @property
     def task_names(self) -> tuple[str, ...]:
-        if self._task_names is None:
+        if self._setup is None:
             raise RuntimeError(
                 "the task names are not known yet: pass tasks=[...] (or task_params) to the "
                 "Balancer, or call backward() once"
             )
-        return self._task_names
+        return self._setup.task_names
 
     def _setup_tasks(self, names: tuple[str, ...]) -> None:
         if not names:
@@ -157,9 +205,26 @@ class Balancer:
                 f"task_params names tasks {sorted(unknown)} that are not among the tasks "
                 f"{list(names)}"
             )
-        self._task_names = names
         self.transform.setup(names)
         self.aggregator.setup(names)
+        self._setup = Setup(
+            task_names=names,
+            layout=self.layout,
+            task_params=[[p for _, p in self._task_named.get(n, [])] for n in names],
+            tables=self._table_named,
+            transform=self.transform,
+            aggregator=self.aggregator,
+            engine=self._engine,
+            buffers=self._buffers,
+            options=self._options,
+        )
+
+    def _ready(self, losses: Losses) -> Setup:
+        """The setup, the tasks named from the first losses if they were not given."""
+        if self._setup is None:
+            self._setup_tasks(inputs.default_names(losses))
+        assert self._setup is not None
+        return self._setup
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -172,6 +237,16 @@ class Balancer:
         self.task_names  # noqa: B018 - raises a clear error if the tasks are not known yet
         yield from self.transform.parameters()
         yield from self.aggregator.parameters()
+
+    @property
+    def needs_after_step(self) -> bool:
+        """True when the method reads the losses after the optimizer step (FAMO): its transform
+        or aggregator overrides ``after_step``. A training loop then recomputes the batch's
+        losses at the new parameters and passes them to :meth:`after_step`."""
+        return (
+            type(self.transform).after_step is not LossTransform.after_step
+            or type(self.aggregator).after_step is not Aggregator.after_step
+        )
 
     # ------------------------------------------------------------------ backward
     def backward(
@@ -216,281 +291,33 @@ class Balancer:
         Returns:
             The step's :class:`~mtlbalance.BalanceStats` (``skipped`` as above).
         """
-        raw = self._loss_list(losses)
+        setup = self._ready(losses)
+        raw = inputs.task_losses(losses, setup.task_names)
         if self._acc is not None:
             raise RuntimeError(
                 f"{self._acc.count} accumulated micro-batch(es) are pending: finish them with "
                 f"backward_accumulated() (or give this one to accumulate() first)"
             )
         vec = torch.stack(raw)
-        scale = _loss_scale(loss_scale, vec)
-        scale_bad = None if scale is None else _scale_bad(scale)
-        zs = _representation(representation)
-        transformed, seed, transform_grads = self._apply_transform(vec)
-        inputs = EngineInputs(
-            losses=raw,
-            seed=seed if scale is None else seed * scale,
-            layout=self.layout,
-            task_params=self._task_param_lists(),
+        scale = scaling.parse(loss_scale, vec)
+        scale_bad = None if scale is None else scaling.bad_flag(scale)
+        zs = inputs.representation(representation)
+        transformed, seed, transform_grads = transform.apply(
+            setup.transform, vec, setup.transform_params()
+        )
+        step = Step(
+            vec=vec,
+            transformed=transformed,
+            seed=seed,
+            raw=raw,
+            backward_seed=scaling.seeded(seed, scale),
+            transform_grads=transform_grads,
+            scale=scale,
+            scale_bad=scale_bad,
             representation=zs,
         )
-        kind = self.aggregator.requires
-        if kind == "jacobian":
-            stats = self._backward_jacobian(vec, transformed, inputs, scale, scale_bad)
-        elif kind == "losses":
-            assert isinstance(self.aggregator, LossWeighting)
-            weights = self.aggregator(vec.detach(), transformed)
-            stats = self._backward_weighted(vec, transformed, inputs, weights, scale, scale_bad)
-        elif kind == "representation":
-            if zs is None:
-                raise ValueError(
-                    f"{type(self.aggregator).__name__} works on the shared representation: call "
-                    f"balancer.backward(losses, representation=z)"
-                )
-            assert isinstance(self.aggregator, RepresentationWeighting)
-            rep_jac = self._representation_jacobian(inputs, zs)
-            if scale is not None:  # unscaled in float32 at least (fp16 z: no new underflow)
-                rep_jac = rep_jac.to(torch.promote_types(rep_jac.dtype, scale.dtype))
-                rep_jac.div_(scale.to(rep_jac.device))
-                # the weights must not come from an overflowed matrix (the QP would fail)
-                norms = torch.linalg.vector_norm(rep_jac, dim=1)
-                no_grads: list[list[Tensor | None]] = [[] for _ in raw]
-                if self._check(vec, norms, no_grads, scale_bad=scale_bad):
-                    return self._skipped(vec, transformed, norms, None, None)
-            weights = self.aggregator(rep_jac, losses=vec.detach())
-            stats = self._backward_weighted(vec, transformed, inputs, weights, scale, scale_bad)
-        else:  # pragma: no cover - guarded by the Aggregator types
-            raise ValueError(f"unknown aggregator requirement {kind!r}")
-        if stats.skipped:
-            return stats
-        return self._end_step(stats, transform_grads)
+        return self._counted(pipeline.run(setup, step))
 
-    def _backward_jacobian(
-        self,
-        vec: Tensor,
-        transformed: Tensor,
-        inputs: EngineInputs,
-        scale: Tensor | None,
-        scale_bad: Tensor | None,
-    ) -> BalanceStats:
-        jac = self._jacobian_buffer(vec.shape[0])
-        result = self._run_engine(inputs, jac)
-        engine_label = self._current_engine()  # "auto" for the auto engine's trial steps
-        self._check_reached(result.reached)
-        task_grads = result.task_grads
-        if scale is not None:  # unscale before anything reads them
-            _div_(jac, scale)
-            task_grads = [_unscaled(gs, scale) for gs in task_grads]
-        table_fn = None
-        if self._table_named:
-
-            def table_fn(factors: Tensor) -> list[Tensor | None]:
-                return self._table_backward(inputs, factors, scale)
-
-        return self._finish_jacobian(
-            vec,
-            transformed,
-            jac,
-            task_grads,
-            inputs.task_params,
-            engine_label,
-            scale_bad,
-            table_fn,
-        )
-
-    def _finish_jacobian(
-        self,
-        vec: Tensor,
-        transformed: Tensor,
-        jac: Tensor,
-        task_grads: list[list[Tensor | None]],
-        task_params: Sequence[Sequence[Tensor]],
-        engine_label: str | None,
-        scale_bad: Tensor | None = None,
-        table_fn: Callable[[Tensor], list[Tensor | None]] | None = None,
-    ) -> BalanceStats:
-        """Check, aggregate and write, given the (T, P) rows ∇θ ℓ̃_t and the task gradients
-        (unscaled; ``scale_bad`` is given when a loss scale was: then a non-finite gradient
-        skips the step). ``table_fn(c)`` (with ``tables=``) returns the tables' unscaled
-        gradients of ``Σ_t c_t ℓ̃_t`` for the factors the aggregator reports."""
-        assert isinstance(self.aggregator, GradientAggregator)
-        norm_dtype = self.layout.state_dtype()
-        grad_norms = torch.linalg.vector_norm(jac, dim=1, dtype=norm_dtype)
-        if self._check(vec, grad_norms, task_grads, scale_bad=scale_bad):
-            return self._skipped(vec, transformed, grad_norms, None, engine_label)
-        update_index, update = self._update_buffer()
-        # the tables' gradients exist only after the aggregator ran: with a loss scale an
-        # overflow there must still leave the aggregator's state untouched, so keep a copy
-        saved = (
-            copy.deepcopy(self.aggregator.state_dict())
-            if table_fn is not None and scale_bad is not None
-            else None
-        )
-        agg: Aggregation = self.aggregator(jac, update, losses=vec.detach())
-        table_factors = None
-        table_grads: list[Tensor | None] = []
-        if table_fn is not None:
-            table_factors = self._table_factors(agg.weights, vec)
-            table_grads = table_fn(table_factors)
-            if self._check_tables(table_grads, scale_bad):
-                if saved is not None:
-                    self.aggregator.load_state_dict(saved)
-                return self._skipped(vec, transformed, grad_norms, agg.weights, engine_label)
-        update_norm = self._clip([update, *(g for g in table_grads if g is not None)])
-        self._assign_shared(update_index)
-        _accumulate(self.tables, table_grads)
-        task_weights = agg.task_weights
-        for t, params in enumerate(task_params):
-            grads = task_grads[t]
-            if task_weights is not None:
-                grads = [None if g is None else g * task_weights[t] for g in grads]
-            _accumulate(params, grads)
-        return BalanceStats(
-            task_names=self.task_names,
-            losses=vec.detach(),
-            transformed=transformed,
-            grad_norms=grad_norms,
-            weights=agg.weights,
-            update_norm=update_norm,
-            engine=engine_label,
-            table_factors=table_factors,
-        )
-
-    # ------------------------------------------------------------------ tables
-    def _table_factors(self, weights: Tensor | None, vec: Tensor) -> Tensor:
-        """The factors ``c_t`` of the tables' backward: the aggregator's reported per-task
-        weights, or ones (with a one-time warning) for a method that reports none."""
-        if weights is not None:
-            return weights.detach().to(device=vec.device, dtype=vec.dtype)
-        if not self._warned_factors:
-            self._warned_factors = True
-            name = self.aggregator.name or type(self.aggregator).__name__
-            warnings.warn(
-                f"mtlbalance: the {name!r} aggregator reports no per-task weights, so the "
-                f"tables get the gradient of Σ_t ℓ̃_t (c_t = 1, as EW) while the shared "
-                f"parameters get {name}'s update; put the tables in `shared` for the exact "
-                f"treatment",
-                stacklevel=4,
-            )
-        return torch.ones_like(vec.detach())
-
-    def _table_backward(
-        self, inputs: EngineInputs, factors: Tensor, scale: Tensor | None
-    ) -> list[Tensor | None]:
-        """One backward of ``Σ_t c_t ℓ̃_t`` (as ``Σ_s (cᵀ ∂ℓ̃/∂ℓ)_s ℓ_s``, seeded with the loss
-        scale when there is one) into the tables only; returns unscaled gradients."""
-        coef = _combine(inputs.seed, factors.to(inputs.seed.device))
-        losses = list(inputs.losses)
-        grads = torch.autograd.grad(
-            losses,
-            self.tables,
-            grad_outputs=[coef[s].reshape(loss.shape) for s, loss in enumerate(losses)],
-            retain_graph=self.retain_graph,
-            allow_unused=True,
-        )
-        self._check_tables_reached([g is not None for g in grads])
-        return list(grads) if scale is None else _unscaled_tables(grads, scale)
-
-    def _check_tables_reached(self, reached: Sequence[bool]) -> None:
-        if self.allow_unused:
-            return
-        missing = [n for (n, _), r in zip(self._table_named, reached, strict=True) if not r]
-        if missing:
-            raise ValueError(
-                f"table(s) {', '.join(missing)} are reached by no task's loss; remove them from "
-                f"`tables` (or freeze them), or pass allow_unused=True"
-            )
-
-    def _check_tables(self, grads: Sequence[Tensor | None], scale_bad: Tensor | None) -> bool:
-        """The tables' gradients are finite (one more device-to-host copy; only with
-        ``check_finite`` or a loss scale). True: skip the step (a loss scale was given)."""
-        if scale_bad is None and not self.check_finite:
-            return False
-        named = [
-            (n, g) for (n, _), g in zip(self._table_named, grads, strict=True) if g is not None
-        ]
-        if not named:
-            return False
-        bad = (~torch.isfinite(_norms([g for _, g in named]))).cpu().tolist()
-        if not any(bad):
-            return False
-        if scale_bad is not None:
-            return True
-        names = [n for (n, _), b in zip(named, bad, strict=True) if b]
-        raise FloatingPointError(
-            f"the gradient of table(s) {', '.join(names)} is not finite; nothing was written to "
-            f".grad (the aggregator has already taken this step's finite shared gradients)"
-        )
-
-    def _backward_weighted(
-        self,
-        vec: Tensor,
-        transformed: Tensor,
-        inputs: EngineInputs,
-        weights: Tensor | None,
-        scale: Tensor | None = None,
-        scale_bad: Tensor | None = None,
-    ) -> BalanceStats:
-        """One backward of ``Σ_t w_t ℓ̃_t`` into shared and task parameters, taken as
-        ``Σ_s c_s ℓ_s`` with ``c = wᵀ ∂ℓ̃/∂ℓ`` (one pass through every task's graph; with a
-        loss scale S the seed, hence c, carries S, and the gradients are divided by S). The
-        tables (``tables=``) are in the same backward: for these methods they are exact."""
-        if weights is not None:
-            weights = weights.detach()
-        total = (vec * _combine(inputs.seed, weights)).sum()
-        shared = self.layout.params
-        tables = self.tables
-        task_lists = inputs.task_params
-        flat_task = [p for ps in task_lists for p in ps]
-        grads: Sequence[Tensor | None] = torch.autograd.grad(
-            total,
-            [*shared, *flat_task, *tables],
-            retain_graph=self.retain_graph,
-            allow_unused=True,
-        )
-        num_dense = len(grads) - len(tables)
-        table_grads = list(grads[num_dense:])
-        grads = grads[:num_dense]
-        if scale is not None:
-            grads = _unscaled(grads, scale)
-            table_grads = _unscaled_tables(table_grads, scale)
-        shared_grads = list(grads[: len(shared)])
-        self._check_reached([g is not None for g in shared_grads])
-        self._check_tables_reached([g is not None for g in table_grads])
-        task_grads: list[list[Tensor | None]] = []
-        i = len(shared)
-        for ps in task_lists:
-            task_grads.append(list(grads[i : i + len(ps)]))
-            i += len(ps)
-        present = [g for g in [*shared_grads, *table_grads] if g is not None]
-        shared_norms = _norms(present) if present else None
-        if self._check(vec, None, task_grads, shared_norms, scale_bad=scale_bad):
-            return self._skipped(vec, transformed, None, weights, None)
-        update_norm = self._clip(present, shared_norms)
-        _accumulate(shared, shared_grads)
-        _accumulate(tables, table_grads)
-        for ps, gs in zip(task_lists, task_grads, strict=True):
-            _accumulate(ps, gs)
-        return BalanceStats(
-            task_names=self.task_names,
-            losses=vec.detach(),
-            transformed=transformed,
-            grad_norms=None,
-            weights=weights,
-            update_norm=update_norm,
-            engine=None,
-            table_factors=self._loss_table_factors(weights, vec),
-        )
-
-    def _loss_table_factors(self, weights: Tensor | None, vec: Tensor) -> Tensor | None:
-        """Stats' ``table_factors`` of a method that weighs the losses: its weights (or 1)."""
-        if not self._table_named:
-            return None
-        if weights is None:
-            return torch.ones_like(vec.detach())
-        return weights.detach().to(device=vec.device, dtype=vec.dtype)
-
-    # ------------------------------------------------------------------ accumulation
     def accumulate(
         self,
         losses: Losses,
@@ -528,101 +355,10 @@ class Balancer:
                 f"representation of the whole batch and cannot accumulate micro-batches; use a "
                 f"larger batch, or the parameter-level variant (e.g. mgda instead of mgda_ub)"
             )
-        raw = self._loss_list(losses)
-        vec = torch.stack(raw).detach()
-        scale = _loss_scale(loss_scale, vec)
-        task_params = self._task_param_lists()
-        plain_sum = (
-            type(self.transform) is Identity
-            and type(self.aggregator) is Sum
-            and not any(True for _ in self.transform.parameters())
-        )
-        tables = self.tables
-        table_rows: list[list[Tensor | None]] = []
-        owned_tables: list[list[Tensor | None]]
-        if plain_sum:  # EW: the sum of the task gradients is all that is needed
-            flat_task = [p for ps in task_params for p in ps]
-            grads = torch.autograd.grad(
-                torch.stack(raw).sum(),
-                [*self.layout.params, *flat_task, *tables],
-                grad_outputs=scale,
-                retain_graph=self.retain_graph,
-                allow_unused=True,
-            )
-            table_rows = [list(grads[len(grads) - len(tables) :])]
-            grads = grads[: len(grads) - len(tables)]
-            shared = grads[: len(self.layout.params)]
-            rows = torch.empty(
-                1, self.layout.total, device=self.layout.device, dtype=self.layout.dtype
-            )
-            write_row(rows[0], shared, self.layout)
-            reached = [g is not None for g in shared]
-            task_grads: list[list[Tensor | None]] = []
-            i = len(self.layout.params)
-            for ps in task_params:
-                task_grads.append(list(grads[i : i + len(ps)]))
-                i += len(ps)
-        else:  # raw rows ∇θ ℓ_t; the transform's seed is applied to the means at the end
-            inputs = EngineInputs(
-                losses=raw,
-                seed=torch.ones_like(vec) if scale is None else scale.expand_as(vec).clone(),
-                layout=self.layout,
-                task_params=task_params,
-                representation=_representation(representation),
-            )
-            rows = self._jacobian_buffer(len(raw))
-            result = self._run_engine(inputs, rows)
-            reached, task_grads = result.reached, result.task_grads
-            for t, loss in enumerate(raw) if tables else ():
-                keep = self.retain_graph or t < len(raw) - 1
-                table_rows.append(
-                    list(
-                        torch.autograd.grad(
-                            loss, tables, grad_outputs=scale, retain_graph=keep, allow_unused=True
-                        )
-                    )
-                )
-        if scale is None:  # (the accumulation owns what it stores: copies)
-            owned = [[None if g is None else g.detach().clone() for g in gs] for gs in task_grads]
-            owned_tables = [
-                [None if g is None else g.detach().clone() for g in gs] for gs in table_rows
-            ]
-            scale_bad = None
-        else:  # the division makes the copies
-            _div_(rows, scale)
-            owned = [_unscaled(gs, scale) for gs in task_grads]
-            owned_tables = [_unscaled_tables(gs, scale) for gs in table_rows]
-            scale_bad = _scale_bad(scale)
-        table_reached = [any(gs[j] is not None for gs in table_rows) for j in range(len(tables))]
-        acc = self._acc
-        if acc is None:
-            self._acc = _Accumulation(
-                count=1,
-                loss_sum=vec.clone(),
-                rows=rows.clone(),
-                task_grads=owned,
-                reached=list(reached),
-                plain_sum=plain_sum,
-                engine=None if plain_sum else self._current_engine(),
-                scale_bad=scale_bad,
-                table_grads=owned_tables,
-                table_reached=table_reached,
-            )
-            return
-        acc.count += 1
-        acc.loss_sum += vec
-        acc.rows += rows
-        acc.reached = [a or b for a, b in zip(acc.reached, reached, strict=True)]
-        if scale_bad is not None:
-            acc.scale_bad = scale_bad if acc.scale_bad is None else acc.scale_bad | scale_bad
-        acc.table_reached = [a or b for a, b in zip(acc.table_reached, table_reached, strict=True)]
-        for own, new in zip(
-            [*acc.task_grads, *acc.table_grads], [*owned, *owned_tables], strict=True
-        ):
-            for i, g in enumerate(new):
-                if g is not None:
-                    prev = own[i]
-                    own[i] = g if prev is None else prev.add_(g)
+        setup = self._ready(losses)
+        raw = inputs.task_losses(losses, setup.task_names)
+        scale = scaling.parse(loss_scale, torch.stack(raw).detach())
+        self._acc = accumulate.add(setup, self._acc, raw, scale, representation)
 
     def backward_accumulated(self) -> BalanceStats:
         """Balance the micro-batches given to :meth:`accumulate` since the last step and
@@ -634,421 +370,25 @@ class Balancer:
         if acc is None:
             raise RuntimeError("no micro-batches to balance: call accumulate(losses) first")
         self._acc = None  # a failed check below writes nothing and drops the micro-batches
+        assert self._setup is not None
         vec = acc.loss_sum / acc.count
-        transformed, seed, transform_grads = self._apply_transform(vec)
-        self._check_reached(acc.reached)
-        self._check_tables_reached(acc.table_reached)
-        rows = acc.rows.div_(acc.count)
-        task_params = self._task_param_lists()
-        count = acc.count
-        if self.aggregator.requires == "jacobian":
-            # row t = Σ_s D_ts mean ∇ℓ_s; task t's own parameters: D_tt mean ∇ψ_t ℓ_t
-            diagonal = seed if seed.dim() == 1 else seed.diagonal()
-            if seed.dim() == 1:
-                rows.mul_(seed[:, None].to(rows.dtype))
-            else:
-                rows = seed.to(rows.dtype) @ rows
-            task_grads = _scaled(acc.task_grads, diagonal / count)
-            table_fn = None
-            if self._table_named:  # ∇ Σ_t c_t ℓ̃_t = Σ_s (cᵀ D)_s mean ∇ℓ_s
+        transformed, seed, transform_grads = transform.apply(
+            self._setup.transform, vec, self._setup.transform_params()
+        )
+        step = Step(
+            vec=vec,
+            transformed=transformed,
+            seed=seed,
+            transform_grads=transform_grads,
+            scale_bad=acc.scale_bad,
+            accumulated=acc,
+        )
+        return self._counted(pipeline.run(self._setup, step))
 
-                def table_fn(factors: Tensor) -> list[Tensor | None]:
-                    coef = _combine(seed, factors.to(seed.device)) / count
-                    return _combine_sums(acc.table_grads, coef)
-
-            stats = self._finish_jacobian(
-                vec,
-                transformed,
-                rows,
-                task_grads,
-                task_params,
-                acc.engine,
-                acc.scale_bad,
-                table_fn,
-            )
-        else:
-            assert isinstance(self.aggregator, LossWeighting)
-            weights = self.aggregator(vec, transformed)
-            coef = _combine(seed, weights)  # as the weighted backward's Σ_s c_s ℓ_s
-            update = rows[0] if acc.plain_sum else torch.mv(rows.T, coef.to(rows.dtype))
-            task_grads = _scaled(acc.task_grads, coef / count)
-            row_factors = (  # plain EW keeps one row Σ_t ∇ℓ_t
-                torch.full((1,), 1.0 / count, dtype=coef.dtype, device=coef.device)
-                if acc.plain_sum
-                else coef / count
-            )
-            table_grads = _combine_sums(acc.table_grads, row_factors)
-            stats = self._finish_combined(
-                vec,
-                transformed,
-                update,
-                task_grads,
-                task_params,
-                weights,
-                acc.scale_bad,
-                table_grads,
-            )
-        if stats.skipped:
-            return stats
-        return self._end_step(stats, transform_grads)
-
-    def _end_step(
-        self, stats: BalanceStats, transform_grads: list[Tensor | None] | None
-    ) -> BalanceStats:
-        if transform_grads is not None:
-            _accumulate(self._transform_params(), transform_grads)
-        self.step += 1
+    def _counted(self, stats: BalanceStats) -> BalanceStats:
+        if not stats.skipped:
+            self.step += 1
         return stats
-
-    def _skipped(
-        self,
-        vec: Tensor,
-        transformed: Tensor,
-        grad_norms: Tensor | None,
-        weights: Tensor | None,
-        engine_label: str | None,
-    ) -> BalanceStats:
-        """The stats of a step skipped for a non-finite scaled gradient (nothing written)."""
-        return BalanceStats(
-            task_names=self.task_names,
-            losses=vec.detach(),
-            transformed=transformed,
-            grad_norms=grad_norms,
-            weights=weights,
-            update_norm=None,
-            engine=engine_label,
-            skipped=True,
-        )
-
-    def _task_param_lists(self) -> list[list[Tensor]]:
-        """Each task's own parameters, in task order."""
-        return [[p for _, p in self._task_named.get(n, [])] for n in self.task_names]
-
-    def _transform_params(self) -> list[nn.Parameter]:
-        return [p for p in self.transform.parameters() if p.requires_grad]
-
-    def _finish_combined(
-        self,
-        vec: Tensor,
-        transformed: Tensor,
-        update: Tensor,
-        task_grads: list[list[Tensor | None]],
-        task_params: Sequence[Sequence[Tensor]],
-        weights: Tensor | None,
-        scale_bad: Tensor | None = None,
-        table_grads: Sequence[Tensor | None] = (),
-    ) -> BalanceStats:
-        """Write an already combined (P,) shared update, the tables' gradients and the task
-        gradients."""
-        present_tables = [g for g in table_grads if g is not None]
-        norm = _norms([update, *present_tables])
-        if self._check(vec, None, task_grads, norm, scale_bad=scale_bad):
-            return self._skipped(vec, transformed, None, weights, None)
-        index, buf = self._update_buffer()
-        buf.copy_(update)
-        update_norm = self._clip([buf, *present_tables], norm)
-        self._assign_shared(index)
-        _accumulate(self.tables, table_grads)
-        for ps, gs in zip(task_params, task_grads, strict=True):
-            _accumulate(ps, gs)
-        return BalanceStats(
-            task_names=self.task_names,
-            losses=vec,
-            transformed=transformed,
-            grad_norms=None,
-            weights=weights,
-            update_norm=update_norm,
-            engine=None,
-            table_factors=self._loss_table_factors(weights, vec),
-        )
-
-    # ------------------------------------------------------------------ pieces
-    def _loss_list(self, losses: Losses) -> list[Tensor]:
-        if isinstance(losses, Mapping):
-            names = tuple(str(k) for k in losses)
-            if self._task_names is None:
-                self._setup_tasks(names)
-            expected = self.task_names
-            unknown = [n for n in names if n not in expected]
-            missing = [n for n in expected if n not in names]
-            if unknown or missing:
-                parts = []
-                if unknown:
-                    parts.append(f"unknown task(s) {unknown}")
-                if missing:
-                    parts.append(f"missing loss for task(s) {missing}")
-                raise ValueError(
-                    f"{' and '.join(parts)}; the balancer's tasks are {list(expected)}"
-                )
-            items = [(n, losses[n]) for n in expected]
-        else:
-            if isinstance(losses, Tensor):
-                if losses.dim() != 1:
-                    raise ValueError(
-                        f"losses must be a dict task -> scalar loss or a 1-D tensor of task "
-                        f"losses; got a tensor of shape {tuple(losses.shape)}"
-                    )
-                seq: Sequence[Tensor] = list(losses.unbind(0))
-            else:
-                seq = list(losses)
-            if self._task_names is None:
-                self._setup_tasks(tuple(str(i) for i in range(len(seq))))
-            if len(seq) != len(self.task_names):
-                raise ValueError(
-                    f"got {len(seq)} losses for {len(self.task_names)} tasks "
-                    f"{list(self.task_names)}"
-                )
-            items = list(zip(self.task_names, seq, strict=True))
-        for name, loss in items:
-            if not isinstance(loss, Tensor):
-                raise TypeError(f"loss of task {name!r} is a {type(loss).__name__}, not a tensor")
-            if loss.numel() != 1:
-                raise ValueError(
-                    f"loss of task {name!r} has shape {tuple(loss.shape)}; each task loss must be "
-                    f"a scalar (reduce it, e.g. with .mean())"
-                )
-            if not loss.requires_grad:
-                raise ValueError(
-                    f"loss of task {name!r} does not require grad; was it computed under "
-                    f"torch.no_grad() or detached?"
-                )
-        dtype = functools.reduce(
-            torch.promote_types, [loss.dtype for _, loss in items], torch.float32
-        )
-        # (ε, logs and norms in float32 at least)
-        return [loss.reshape(()).to(dtype) for _, loss in items]
-
-    def _apply_transform(self, vec: Tensor) -> tuple[Tensor, Tensor, list[Tensor | None] | None]:
-        """The transform runs on a detached copy of the losses, so its Jacobian ``∂ℓ̃/∂ℓ``
-        (the engines' backward seed) and its own parameters' gradients come from a tiny graph."""
-        leaf = vec.detach().requires_grad_(True)
-        transformed = self.transform(leaf)
-        if transformed.shape != vec.shape:
-            raise ValueError(
-                f"{type(self.transform).__name__} returned shape {tuple(transformed.shape)} for "
-                f"{vec.shape[0]} losses; a transform must return one value per task"
-            )
-        params = self._transform_params()
-        if self.transform.elementwise:
-            grads = torch.autograd.grad(
-                transformed.sum(), [leaf, *params], retain_graph=False, allow_unused=True
-            )
-            seed = _zero_if_none(grads[0], leaf)
-            param_grads: list[Tensor | None] | None = list(grads[1:]) if params else None
-        else:
-            rows = [
-                _zero_if_none(
-                    torch.autograd.grad(transformed[t], leaf, retain_graph=True, allow_unused=True)[
-                        0
-                    ],
-                    leaf,
-                )
-                for t in range(vec.shape[0])
-            ]
-            seed = torch.stack(rows)
-            param_grads = (
-                list(torch.autograd.grad(transformed.sum(), params, allow_unused=True))
-                if params
-                else None
-            )
-        return transformed.detach(), seed.detach(), param_grads
-
-    def _representation_jacobian(self, inputs: EngineInputs, zs: tuple[Tensor, ...]) -> Tensor:
-        rows = []
-        for t in range(inputs.num_tasks):
-            outputs, seeds = inputs.row_seed(t)
-            grads = torch.autograd.grad(
-                outputs, zs, grad_outputs=seeds, retain_graph=True, allow_unused=True
-            )
-            rows.append(
-                torch.cat(
-                    [
-                        (torch.zeros_like(z) if g is None else g).reshape(-1)
-                        for z, g in zip(zs, grads, strict=True)
-                    ]
-                )
-            )
-        return torch.stack(rows)
-
-    def _run_engine(self, inputs: EngineInputs, out: Tensor) -> Any:
-        if self.engine.needs_representation and inputs.representation is None:
-            raise ValueError(
-                "the representation engine needs the shared representation: call "
-                "balancer.backward(losses, representation=z)"
-            )
-        # with tables, one more backward (into the tables) follows the engine's
-        retain = self.retain_graph or bool(self._table_named)
-        try:
-            return self.engine.compute(inputs, out, retain)
-        except BatchingUnsupported as err:
-            warnings.warn(
-                f"mtlbalance: the {self.engine.name} engine cannot vmap {err.op}; falling back "
-                f"to the loop engine for the rest of the run (for an RNN, "
-                f"mtlbalance.without_cudnn_rnn(model) makes it batchable)",
-                stacklevel=3,
-            )
-            self._fallback = self.engine.name
-            self.engine = LoopEngine()
-            return self.engine.compute(inputs, out, retain)
-
-    def _current_engine(self) -> str:
-        if isinstance(self.engine, AutoEngine):
-            return self.engine.current
-        return self.engine.name
-
-    def _jacobian_buffer(self, num_tasks: int) -> Tensor:
-        shape = (num_tasks, self.layout.total)
-        if self._jacobian is None or self._jacobian.shape != shape:
-            self._jacobian = torch.empty(shape, device=self.layout.device, dtype=self.layout.dtype)
-        return self._jacobian
-
-    def _update_buffer(self) -> tuple[int, Tensor]:
-        """One of two flat update buffers, the one no shared ``.grad`` is a view of (so a
-        ``.grad`` left from the last step is accumulated into, never overwritten)."""
-        if not self._update_bufs:
-            for _ in range(2):
-                buf = torch.empty(
-                    self.layout.total, device=self.layout.device, dtype=self.layout.dtype
-                )
-                self._update_bufs.append(buf)
-                self._update_views.append(self.layout.views(buf))
-        for index, views in enumerate(self._update_views):
-            if not any(
-                p.grad is not None and p.grad.data_ptr() == v.data_ptr()
-                for p, v in zip(self.layout.params, views, strict=True)
-            ):
-                return index, self._update_bufs[index]
-        raise AssertionError("unreachable: the two update buffers cannot both be in use")
-
-    def _assign_shared(self, index: int) -> None:
-        views = self._update_views[index]
-        add_to, add_from = [], []
-        for p, v in zip(self.layout.params, views, strict=True):
-            if p.grad is None:
-                p.grad = v
-            else:
-                add_to.append(p.grad)
-                add_from.append(v)
-        if add_to:
-            torch._foreach_add_(add_to, add_from)
-
-    def _clip(self, tensors: list[Tensor], norms: Tensor | None = None) -> Tensor | None:
-        if not tensors:
-            return None
-        norm = torch.linalg.vector_norm(_norms(tensors) if norms is None else norms)
-        if self.max_update_norm is None:
-            return norm
-        scale = (self.max_update_norm / norm.clamp_min(1e-30)).clamp(max=1.0)
-        groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
-        for t in tensors:
-            if t.is_sparse:  # (the tables' sparse gradients)
-                t.mul_(scale.to(device=t.device, dtype=t.dtype))
-            else:
-                groups.setdefault((t.dtype, t.device), []).append(t)
-        for (dtype, device), group in groups.items():
-            torch._foreach_mul_(group, scale.to(device=device, dtype=dtype))
-        return norm * scale
-
-    def _check_reached(self, reached: Sequence[bool]) -> None:
-        if self.allow_unused:
-            return
-        missing = [n for n, r in zip(self.layout.names, reached, strict=True) if not r]
-        if missing:
-            shown = ", ".join(missing[:5]) + (
-                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            )
-            raise ValueError(
-                f"shared parameter(s) {shown} are reached by no task's loss; remove them from "
-                f"the shared parameters (or freeze them), or pass allow_unused=True"
-            )
-
-    def _check(
-        self,
-        vec: Tensor,
-        grad_norms: Tensor | None,
-        task_grads: Sequence[Sequence[Tensor | None]],
-        shared_norms: Tensor | None = None,
-        *,
-        scale_bad: Tensor | None = None,
-    ) -> bool:
-        """One device-to-host copy of per-task flags; raises before anything is written.
-
-        Without a loss scale (``scale_bad`` None) this runs only with ``check_finite`` and a
-        non-finite gradient raises. With one (``scale_bad``: the flag of an invalid tensor
-        scale) it always runs, and a non-finite gradient returns True (skip the step) instead;
-        non-finite losses and domain violations still raise when ``check_finite`` is set."""
-        if scale_bad is None and not self.check_finite:
-            return False
-        num_tasks = vec.shape[0]
-        det = vec.detach()
-        flags = [~torch.isfinite(det)]
-        domain = self.transform.domain_violation(det)
-        flags.append(torch.zeros_like(flags[0]) if domain is None else domain)
-        flags.append(
-            torch.zeros_like(flags[0]) if grad_norms is None else ~torch.isfinite(grad_norms)
-        )
-        own = []
-        for grads in task_grads:
-            present = [g for g in grads if g is not None]
-            if present:
-                own.append(~torch.isfinite(_norms(present)).all())
-            else:
-                own.append(torch.zeros((), dtype=torch.bool, device=det.device))
-        flags.append(torch.stack(own).to(det.device))
-        shared_bad = torch.zeros((), dtype=torch.bool, device=det.device)
-        if shared_norms is not None:
-            shared_bad = ~torch.isfinite(shared_norms).all().to(det.device)
-        scale_flag = torch.zeros((), dtype=torch.bool, device=det.device)
-        if scale_bad is not None:
-            scale_flag = scale_bad.to(det.device)
-        host = (
-            torch.cat(
-                [torch.stack(flags).reshape(-1), shared_bad.reshape(1), scale_flag.reshape(1)]
-            )
-            .cpu()
-            .tolist()
-        )
-        bad_loss, bad_domain, bad_grad, bad_own = (
-            host[i * num_tasks : (i + 1) * num_tasks] for i in range(4)
-        )
-        if host[-1]:
-            raise ValueError(
-                "loss_scale must be a positive finite number; the loss_scale tensor given holds "
-                "a zero, negative or non-finite value (nothing was written to .grad or to the "
-                "balancer's state)"
-            )
-        names = self.task_names
-        if not self.check_finite:
-            bad_loss = bad_domain = [False] * num_tasks
-        skip = scale_bad is not None
-        values = det.cpu().tolist() if any(bad_loss) or any(bad_domain) else []
-        for t in range(num_tasks):
-            if bad_loss[t]:
-                raise FloatingPointError(
-                    f"loss of task {names[t]!r} is {values[t]}; nothing was written to .grad or "
-                    f"to the balancer's state"
-                )
-        for t in range(num_tasks):
-            if bad_domain[t]:
-                raise ValueError(
-                    f"loss of task {names[t]!r} is {values[t]:g}: {self.transform.domain_message()}"
-                )
-        if skip and (any(bad_grad) or any(bad_own) or host[-2]):
-            return True  # an overflow of the scaled backward: the caller skips the step
-        for t in range(num_tasks):
-            if bad_grad[t] or bad_own[t]:
-                where = "shared" if bad_grad[t] else "task-specific"
-                raise FloatingPointError(
-                    f"the gradient of task {names[t]!r} w.r.t. its {where} parameters is not "
-                    f"finite (loss {float(det[t]):g}); nothing was written to .grad or to the "
-                    f"balancer's state"
-                )
-        if host[-2]:
-            raise FloatingPointError(
-                "the combined gradient of the shared parameters is not finite; nothing was "
-                "written to .grad or to the balancer's state"
-            )
-        return False
 
     # ------------------------------------------------------------------ hooks
     def epoch_end(self) -> None:
@@ -1058,18 +398,9 @@ class Balancer:
 
     def after_step(self, losses: Losses) -> None:
         """Call after ``optimizer.step()`` with the losses of the same batch recomputed at the
-        new parameters, for methods that need them (FAMO). No gradients are taken."""
-        with torch.no_grad():
-            if isinstance(losses, Mapping):
-                missing = [n for n in self.task_names if n not in losses]
-                if missing or len(losses) != len(self.task_names):
-                    raise ValueError(
-                        f"after_step needs one loss per task {list(self.task_names)}, got "
-                        f"{list(losses)}"
-                    )
-                vec = torch.stack([losses[n].detach().reshape(()) for n in self.task_names])
-            else:
-                vec = torch.stack([t.detach().reshape(()) for t in losses])
+        new parameters, for methods that need them (FAMO; see :attr:`needs_after_step`). No
+        gradients are taken."""
+        vec = inputs.after_step_losses(losses, self.task_names)
         self.transform.after_step(vec)
         self.aggregator.after_step(vec)
 
@@ -1077,16 +408,13 @@ class Balancer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue a run bit for bit: step counts, moving averages,
         learnable parameters, loss history, the engine chosen."""
-        engine_state: dict[str, Any] = {"name": self.engine.name, "state": self.engine.state()}
-        if self._fallback is not None:
-            engine_state["fallback_from"] = self._fallback
         state: dict[str, Any] = {
             "version": _STATE_VERSION,
-            "task_names": None if self._task_names is None else list(self._task_names),
+            "task_names": None if self._setup is None else list(self._setup.task_names),
             "step": self.step,
             "transform": self.transform.state_dict(),
             "aggregator": self.aggregator.state_dict(),
-            "engine": engine_state,
+            "engine": self._engine.state(),
         }
         if self._table_named:  # (the tables keep no state; their shapes check a resume)
             state["tables"] = {n: list(p.shape) for n, p in self._table_named}
@@ -1098,12 +426,12 @@ class Balancer:
         names = state.get("task_names")
         if names is not None:
             names = tuple(names)
-            if self._task_names is None:
+            if self._setup is None:
                 self._setup_tasks(names)
-            elif names != self._task_names:
+            elif names != self._setup.task_names:
                 raise ValueError(
                     f"the saved state is for tasks {list(names)}, this balancer has "
-                    f"{list(self._task_names)}"
+                    f"{list(self._setup.task_names)}"
                 )
         saved_tables = state.get("tables", {})
         own_tables = {n: list(p.shape) for n, p in self._table_named}
@@ -1117,12 +445,7 @@ class Balancer:
         self.transform.load_state_dict(state["transform"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.step = int(state["step"])
-        engine_state = state.get("engine", {})
-        if "fallback_from" in engine_state:
-            self._fallback = engine_state["fallback_from"]
-            self.engine = LoopEngine()
-        elif engine_state.get("name") == self.engine.name:
-            self.engine.load_state(engine_state.get("state", {}))
+        self._engine.load_state(state.get("engine", {}))
 
     def reset(self) -> None:
         """Start fresh: step counts, moving averages, loss history, learnable parameters. The
@@ -1132,10 +455,10 @@ class Balancer:
         self.step = 0
 
     def __repr__(self) -> str:
-        tasks = list(self._task_names) if self._task_names is not None else "?"
+        tasks = list(self._setup.task_names) if self._setup is not None else "?"
         return (
             f"Balancer(tasks={tasks}, transform={self.transform}, aggregator={self.aggregator}, "
-            f"engine={self._current_engine()!r}, shared={len(self.layout.params)} tensors / "
+            f"engine={self._engine.label!r}, shared={len(self.layout.params)} tensors / "
             f"{self.layout.total} values"
             + (
                 f", tables={len(self._table_named)} tensors / "
@@ -1145,208 +468,3 @@ class Balancer:
             )
             + ")"
         )
-
-
-@dataclass
-class _Accumulation:
-    """Sums over the micro-batches of one optimizer step."""
-
-    count: int
-    loss_sum: Tensor
-    rows: Tensor  # (T, P) raw rows ∇θ ℓ_t, or (1, P) Σ_t ∇θ ℓ_t for plain EW
-    task_grads: list[list[Tensor | None]]
-    reached: list[bool]
-    plain_sum: bool
-    engine: str | None
-    scale_bad: Tensor | None = None  # set when a micro-batch had a loss scale (invalid flag)
-    # the tables' gradient sums: per task ∇ℓ_t (or one row Σ_t ∇ℓ_t for plain EW)
-    table_grads: list[list[Tensor | None]] = field(default_factory=list)
-    table_reached: list[bool] = field(default_factory=list)
-
-
-def _check_table_overlap(
-    shared: list[tuple[str, Tensor]], tables: list[tuple[str, Tensor]]
-) -> None:
-    """A parameter is balanced exactly (``shared``) or approximately (``tables``), not both."""
-    in_shared = {id(p): n for n, p in shared}
-    seen: dict[int, str] = {}
-    for name, p in tables:
-        if id(p) in in_shared:
-            raise ValueError(
-                f"{name} is also given as {in_shared[id(p)]}; a parameter is balanced either "
-                f"exactly (in `shared`, as a row of the (T, P) matrix) or approximately (in "
-                f"`tables`), not both: remove it from one of them"
-            )
-        if id(p) in seen:
-            raise ValueError(f"{name} is listed twice among the tables ({seen[id(p)]})")
-        seen[id(p)] = name
-
-
-def _unscaled_tables(grads: Sequence[Tensor | None], scale: Tensor) -> list[Tensor | None]:
-    """The tables' ``g / scale`` out of place, computed in float32 at least and stored in the
-    gradient's dtype (sparse gradients stay sparse); None stays None."""
-    out: list[Tensor | None] = []
-    for g in grads:
-        if g is None:
-            out.append(None)
-            continue
-        wide = torch.promote_types(torch.promote_types(g.dtype, scale.dtype), torch.float32)
-        out.append((g.to(wide) / scale.to(device=g.device, dtype=wide)).to(g.dtype))
-    return out
-
-
-def _combine_sums(rows: list[list[Tensor | None]], factors: Tensor) -> list[Tensor | None]:
-    """``Σ_r factors[r] · rows[r][j]`` for each table j, in place (the accumulation owns the
-    sums); a table no row reached stays None."""
-    out: list[Tensor | None] = []
-    for j in range(len(rows[0]) if rows else 0):
-        total: Tensor | None = None
-        for r, row in enumerate(rows):
-            g = row[j]
-            if g is None:
-                continue
-            g.mul_(factors[r].to(device=g.device, dtype=g.dtype))
-            total = g if total is None else total.add_(g)
-        out.append(total)
-    return out
-
-
-def _representation(rep: Representation) -> tuple[Tensor, ...] | None:
-    if rep is None:
-        return None
-    zs = (rep,) if isinstance(rep, Tensor) else tuple(rep)
-    for i, z in enumerate(zs):
-        if not isinstance(z, Tensor) or z.grad_fn is None:
-            raise ValueError(
-                f"representation[{i}] must be the output of the shared part of the model, "
-                f"attached to the autograd graph (not detached, not a leaf)"
-            )
-    return zs
-
-
-def _loss_scale(loss_scale: LossScale, like: Tensor) -> Tensor | None:
-    """``loss_scale`` as a 0-dim tensor on the losses' device and dtype (None stays None).
-
-    A number is validated here; a tensor's value is validated with the step's one host
-    check (see :func:`_scale_bad`), so a scale kept on the device costs no extra sync."""
-    if loss_scale is None:
-        return None
-    if isinstance(loss_scale, Tensor):
-        if loss_scale.numel() != 1:
-            raise ValueError(
-                f"loss_scale must be a number or a one-element tensor, got a tensor of shape "
-                f"{tuple(loss_scale.shape)}"
-            )
-        if loss_scale.dtype == torch.bool or loss_scale.is_complex():
-            raise ValueError(
-                f"loss_scale must be a real number or a floating-point tensor, got a "
-                f"{loss_scale.dtype} tensor"
-            )
-        return loss_scale.detach().reshape(()).to(device=like.device, dtype=like.dtype)
-    if isinstance(loss_scale, bool) or not isinstance(loss_scale, numbers.Real):
-        raise ValueError(
-            f"loss_scale must be None, a positive number or a one-element tensor, got "
-            f"{type(loss_scale).__name__} {loss_scale!r}"
-        )
-    value = float(loss_scale)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"loss_scale must be a positive finite number (e.g. 2.0**16), got {loss_scale!r}"
-        )
-    finfo = torch.finfo(like.dtype)
-    if not finfo.tiny <= value <= finfo.max:
-        raise ValueError(
-            f"loss_scale {value:g} is not representable in the losses' dtype {like.dtype}; "
-            f"use a smaller scale"
-        )
-    return torch.full((), value, dtype=like.dtype, device=like.device)
-
-
-def _scale_bad(scale: Tensor) -> Tensor:
-    """Device flag: the loss scale is zero, negative or not finite."""
-    return ~(torch.isfinite(scale) & (scale > 0))
-
-
-def _div_(tensor: Tensor, scale: Tensor) -> None:
-    """``tensor /= scale`` in place, at least in float32 (a half tensor is divided in float32:
-    a scale such as 2**16 does not fit in float16)."""
-    if tensor.dtype == scale.dtype:
-        tensor.div_(scale)
-    else:
-        wide = torch.promote_types(torch.promote_types(tensor.dtype, scale.dtype), torch.float32)
-        tensor.copy_(tensor.to(wide).div_(scale.to(device=tensor.device, dtype=wide)))
-
-
-def _unscaled(grads: Sequence[Tensor | None], scale: Tensor) -> list[Tensor | None]:
-    """``g / scale`` for each gradient, out of place (autograd may return views or expanded
-    tensors), at least in float32; None stays None."""
-    present = [g for g in grads if g is not None]
-    if not present:
-        return list(grads)
-    if all(g.dtype == scale.dtype and g.device == scale.device for g in present):
-        divided = list(torch._foreach_div(present, scale))
-    else:
-        divided = []
-        for g in present:
-            out = g.detach().clone()
-            _div_(out, scale)
-            divided.append(out)
-    it = iter(divided)
-    return [None if g is None else next(it) for g in grads]
-
-
-def _combine(seed: Tensor, weights: Tensor | None) -> Tensor:
-    """``c = wᵀ ∂ℓ̃/∂ℓ``: the coefficients of the raw losses in ``Σ_t w_t ℓ̃_t``."""
-    w = None if weights is None else weights.detach().to(seed.dtype)
-    if seed.dim() == 1:
-        return seed if w is None else seed * w
-    return seed.sum(0) if w is None else w @ seed
-
-
-def _scaled(grads: list[list[Tensor | None]], factors: Tensor) -> list[list[Tensor | None]]:
-    """Task t's gradients times ``factors[t]``, in place (the accumulation owns them)."""
-    return [
-        [None if g is None else g.mul_(factors[t].to(g.dtype)) for g in gs]
-        for t, gs in enumerate(grads)
-    ]
-
-
-def _zero_if_none(g: Tensor | None, like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if g is None else g
-
-
-def _norms(tensors: Sequence[Tensor]) -> Tensor:
-    """Norms of each tensor (float32 at least: half-precision squares overflow), with one
-    multi-tensor kernel where possible instead of one launch per tensor. A sparse gradient
-    (of a table) counts its coalesced values."""
-    if any(t.is_sparse for t in tensors):
-        device = tensors[0].device
-        return torch.stack([_norm_of(t).to(device) for t in tensors])
-    if all(t.dtype in (torch.float32, torch.float64) for t in tensors):
-        by_dtype = {t.dtype for t in tensors}
-        if len(by_dtype) == 1:
-            return torch.stack(torch._foreach_norm(list(tensors)))
-    return torch.stack(
-        [
-            torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32)).double()
-            for t in tensors
-        ]
-    )
-
-
-def _norm_of(t: Tensor) -> Tensor:
-    """One tensor's norm in float64 (a sparse tensor: of its coalesced values)."""
-    values = t.coalesce().values() if t.is_sparse else t
-    return torch.linalg.vector_norm(
-        values, dtype=torch.promote_types(values.dtype, torch.float32)
-    ).double()
-
-
-def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
-    for p, g in zip(params, grads, strict=True):
-        if g is None:
-            continue
-        if p.grad is None:
-            p.grad = g.detach()
-        else:
-            p.grad.add_(g)

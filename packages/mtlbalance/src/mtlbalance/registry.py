@@ -8,16 +8,14 @@ import inspect
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import aggregators as aggregators_pkg
 from . import transforms as transforms_pkg
+from ._params import ParamSource
 from .aggregators import Aggregator, GramWeighting, LossWeighting, RepresentationWeighting
+from .balancer import Balancer
 from .transforms import LossTransform
-
-if TYPE_CHECKING:
-    from ._params import ParamSource
-    from .balancer import Balancer
 
 TRANSFORMS: dict[str, type[LossTransform]] = {}
 AGGREGATORS: dict[str, type[Aggregator]] = {}
@@ -242,8 +240,6 @@ def make(
     the method's transform/aggregator (``beta``, ``sigma``, ``eps``, …; a name both accept,
     like ``eps``, goes to both). An argument nobody accepts is an error.
     """
-    from .balancer import Balancer
-
     transform_name, aggregator_name, defaults = parse(spec)
     t_factory, a_factory = TRANSFORMS[transform_name], AGGREGATORS[aggregator_name]
     t_args, a_args = _accepted(t_factory), _accepted(a_factory)

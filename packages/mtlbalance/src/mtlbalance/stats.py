@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -41,28 +42,53 @@ class BalanceStats:
     skipped: bool = False
     table_factors: Tensor | None = None
 
+    def flat(self, prefix: str = "") -> tuple[tuple[str, ...], Tensor]:
+        """The stats flattened for a tracker, without a host sync: the keys
+        ``<prefix>loss/<task>``, ``<prefix>transformed/<task>``, ``<prefix>grad_norm/<task>``,
+        ``<prefix>weight/<task>``, ``<prefix>table_factor/<task>`` (each part the step
+        reports, in that order, tasks in order) and ``<prefix>update_norm``, and their values
+        as one 1-D float64 tensor on the stats' device (copy it to the host when you like, in
+        one transfer). ``skipped`` is not a value here (see :meth:`to_dict`)."""
+        parts = [
+            (name, tensor)
+            for name, tensor in (
+                ("loss", self.losses),
+                ("transformed", self.transformed),
+                ("grad_norm", self.grad_norms),
+                ("weight", self.weights),
+                ("table_factor", self.table_factors),
+                ("update_norm", self.update_norm),
+            )
+            if tensor is not None
+        ]
+        keys = _keys(prefix, self.task_names, tuple(name for name, _ in parts))
+        device = parts[0][1].device
+        with torch.no_grad():
+            values = torch.cat(
+                [t.detach().reshape(-1).to(device=device, dtype=torch.float64) for _, t in parts]
+            )
+        if values.numel() != len(keys):
+            raise ValueError(
+                f"BalanceStats has {values.numel()} values for {len(keys)} keys {list(keys)}: "
+                f"every per-task part must have one value per task {list(self.task_names)}"
+            )
+        return keys, values
+
     def to_dict(self) -> dict[str, float]:
         """``{"loss/<task>": ..., "grad_norm/<task>": ..., "weight/<task>": ...,
-        "table_factor/<task>": ..., "update_norm": ...}`` as Python floats (one device-to-host
-        copy); a skipped step adds ``"skipped": 1.0``."""
-        parts: list[tuple[str, Tensor]] = [("loss", self.losses), ("transformed", self.transformed)]
-        if self.grad_norms is not None:
-            parts.append(("grad_norm", self.grad_norms))
-        if self.weights is not None:
-            parts.append(("weight", self.weights))
-        if self.table_factors is not None:
-            parts.append(("table_factor", self.table_factors))
-        rows = [t.detach().reshape(-1).to(torch.float64) for _, t in parts]
-        extra = [] if self.update_norm is None else [self.update_norm.detach().reshape(1).double()]
-        host = torch.cat([r.to(rows[0].device) for r in rows + extra]).cpu().tolist()
-        out: dict[str, float] = {}
-        i = 0
-        for key, _ in parts:
-            for name in self.task_names:
-                out[f"{key}/{name}"] = host[i]
-                i += 1
-        if extra:
-            out["update_norm"] = host[i]
+        "table_factor/<task>": ..., "update_norm": ...}`` as Python floats (the keys and values
+        of :meth:`flat`, one device-to-host copy); a skipped step adds ``"skipped": 1.0``."""
+        keys, values = self.flat()
+        out = dict(zip(keys, values.cpu().tolist(), strict=True))
         if self.skipped:
             out["skipped"] = 1.0
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _keys(prefix: str, tasks: tuple[str, ...], parts: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(
+        f"{prefix}update_norm" if part == "update_norm" else f"{prefix}{part}/{task}"
+        for part in parts
+        for task in (("",) if part == "update_norm" else tasks)
+    )

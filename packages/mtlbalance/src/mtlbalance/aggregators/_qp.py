@@ -4,10 +4,9 @@ Everything here works on ``T × T`` matrices (T = number of tasks, small) in flo
 CPU: callers copy the Gram matrix there with :func:`host_gram` (one small device-to-host
 copy per step) and move the resulting weights back with :func:`to_like`.
 
-* :func:`nnls_gram` — ``argmin_{x ≥ 0} ½ xᵀQx − bᵀx`` (Lawson–Hanson active set), the
-  workhorse of the two below;
+* :func:`nnls_gram` — ``argmin_{x ≥ 0} ½ xᵀQx − bᵀx`` (Lawson–Hanson active set);
 * :func:`min_norm_weights` — the minimum-norm point of the convex hull of the rows of J
-  (MGDA), exactly, from ``G = J Jᵀ``;
+  (MGDA), exactly, from ``G = J Jᵀ`` (in :mod:`._min_norm`);
 * :func:`dual_cone_weights` — the projection of ``uᵀJ`` onto the dual cone of the rows
   (UPGrad);
 * :func:`power_fixed_point` — the positive solution of ``G w = w^{−1/α}`` (Nash-MTL for
@@ -21,6 +20,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from ._min_norm import min_norm_weights
 
 _F64 = torch.float64
 
@@ -101,63 +102,6 @@ def nnls_gram(q: Tensor, b: Tensor, *, max_iter: int | None = None) -> Tensor:
             passive &= ~drop
         neg_grad = b - q @ x
     return x.clamp_min(0.0)
-
-
-def min_norm_weights(gram: Tensor, *, ridge: float = 1e-8) -> Tensor:
-    """``w = argmin_{w ∈ simplex} wᵀ G w``: the minimum-norm point ``wᵀJ`` of the convex
-    hull of the rows of J (MGDA), from ``G = J Jᵀ`` (float64 CPU).
-
-    Exact: with ``G = AᵀA``, the non-negative least-squares problem
-    ``min_{u ≥ 0} ‖[A; 1ᵀ] u − e‖²`` (e the last unit vector) has the KKT conditions
-    ``(G u)_t ≥ 1 − Σu`` with equality where ``u_t > 0``; ``w = u / Σu`` then satisfies
-    MGDA's ``(G w)_t ≥ wᵀ G w``, equality on the support (Lawson & Hanson's least-distance
-    construction). ``ridge`` (relative to the largest diagonal entry) makes the active-set
-    solve well posed where G is singular; its bias is then removed by solving the KKT system
-    on the support exactly, by minimum-norm least squares, so duplicated tasks share their
-    weight equally (:func:`_polish_min_norm`).
-    """
-    n = gram.shape[0]
-    if n == 1:
-        return torch.ones(1, dtype=_F64)
-    top = float(gram.diagonal().max())
-    g = gram / top if top > 0 else torch.zeros_like(gram)
-    q = g + ridge * torch.eye(n, dtype=_F64) + 1.0
-    u = nnls_gram(q, torch.ones(n, dtype=_F64))
-    total = float(u.sum())
-    if not total > 0:  # pragma: no cover - the KKT conditions rule it out
-        return torch.full((n,), 1.0 / n, dtype=_F64)
-    w = u / total
-    return _polish_min_norm(g, w)
-
-
-def _polish_min_norm(g: Tensor, w: Tensor) -> Tensor:
-    """Remove the ridge's bias: on the support S of ``w``, solve the exact KKT system
-    ``G_SS w_S = ν 1, 1ᵀ w_S = 1`` by minimum-norm least squares (equal shares for duplicated
-    tasks), and keep it if it is feasible and optimal (``(G w)_t ≥ ν`` off S)."""
-    n = g.shape[0]
-    support = w > 1e-6
-    idx = support.nonzero().squeeze(1)
-    k = int(idx.numel())
-    system = torch.zeros(k + 1, k + 1, dtype=_F64)
-    system[:k, :k] = g[idx][:, idx]
-    system[:k, k] = -1.0
-    system[k, :k] = 1.0
-    rhs = torch.zeros(k + 1, dtype=_F64)
-    rhs[k] = 1.0
-    sol = torch.linalg.lstsq(system, rhs.unsqueeze(1), rcond=1e-13, driver="gelsd").solution
-    exact = torch.zeros(n, dtype=_F64)
-    exact[idx] = sol.squeeze(1)[:k]
-    if not bool((exact >= -1e-12).all()):
-        return w
-    exact = exact.clamp_min(0.0)
-    exact = exact / exact.sum()
-    gw = g @ exact
-    value = float(exact @ gw)
-    if not bool((gw[~support] >= value - 1e-12).all()):
-        return w
-    if float(w @ (g @ w)) < value - 1e-12:  # pragma: no cover - never worse than the ridge's
-        return w
-    return exact
 
 
 def dual_cone_weights(gram: Tensor, u: Tensor) -> Tensor:
@@ -249,7 +193,7 @@ def power_fixed_point(gram: Tensor, alpha: float, eps: float, *, max_iter: int =
     w = torch.ones(n, dtype=_F64)  # dead tasks: the largest task's orthogonal weight
     idx = live.nonzero().squeeze(1)
     sub = g[idx][:, idx]
-    mgda = min_norm_weights(sub, ridge=0.0)
+    mgda = min_norm_weights(sub)
     if float(mgda @ (sub @ mgda)) <= 100.0 * eps:
         w[idx] = sub.diagonal().pow(-expo)
     else:

@@ -88,8 +88,11 @@ class GradientAggregator(Aggregator):
 
 
 class GramWeighting(GradientAggregator):
-    """An aggregator that needs only the Gram matrix ``G = J Jᵀ`` (T × T) and returns weights
-    ``w``; the update is ``wᵀ J``. Cheaper than methods that read the whole matrix.
+    """A *weighting* of the Gram matrix ``G = J Jᵀ`` (T × T): weights ``w``, aggregated as
+    the update ``wᵀ J`` — as torchjd separates a ``Weighting`` from its ``Aggregator``. A
+    method implements :meth:`weights_from_gram` only (MGDA, PCGrad, IMTL-G, CAGrad,
+    Nash-MTL, Aligned-MTL, UPGrad, FairGrad, GradVac); it never sees the (T, P) matrix, so
+    whatever forms G (from the rows, or block by block) can run it.
 
     Set ``weights_task_params = True`` where the method's weights also scale the task-specific
     gradients (MGDA, Nash-MTL: the weights act as loss weights)."""
@@ -99,11 +102,25 @@ class GramWeighting(GradientAggregator):
     def weights_from_gram(self, gram: Tensor, losses: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, jacobian: Tensor, out: Tensor, *, losses: Tensor) -> Aggregation:
-        gram = gram_matrix(jacobian)
-        w = self.weights_from_gram(gram, losses).to(jacobian.dtype)
-        torch.mv(jacobian.T, w, out=out)
+    def weigh(self, gram: Tensor, losses: Tensor) -> Aggregation:
+        """The weighting: the weights of the update ``wᵀ J`` and (``weights_task_params``) of
+        the task-specific gradients. A method whose update is a rescaled ``wᵀ J`` (Nash-MTL's
+        clip, from ``‖wᵀJ‖² = wᵀ G w``) overrides this, still from the Gram matrix only."""
+        w = self.weights_from_gram(gram, losses)
         return Aggregation(weights=w, task_weights=w if self.weights_task_params else None)
+
+    def forward(self, jacobian: Tensor, out: Tensor, *, losses: Tensor) -> Aggregation:
+        """The aggregation: ``out = wᵀ J`` with the weighting of ``G = J Jᵀ``."""
+        result = self.weigh(gram_matrix(jacobian), losses)
+        assert result.weights is not None
+        w = result.weights.to(jacobian.dtype)
+        torch.mv(jacobian.T, w, out=out)
+        task_weights = result.task_weights
+        if task_weights is result.weights:
+            task_weights = w
+        elif task_weights is not None:
+            task_weights = task_weights.to(jacobian.dtype)
+        return Aggregation(weights=w, task_weights=task_weights)
 
 
 class RepresentationWeighting(Aggregator):

@@ -30,8 +30,9 @@ class GradVac(PairwiseOrderDraws, GramWeighting):
     exactly. As PCGrad, every ``g'_t`` is ``Σ_s C_ts g_s`` with coefficients that follow from
     ``G = J Jᵀ``, so the method runs on the ``T × T`` matrix; the weights are ``1ᵀ C``.
 
-    Deviations: LibMTL updates ``φ̂_ts`` only inside the ``if`` (so its targets can only
-    decrease); this class updates it at every visit, as the paper's Algorithm 1. The paper
+    ``φ̂_ts`` is updated at every visit, as the paper's Algorithm 1 and LibMTL (which updated
+    it only inside the ``if``, so that its targets could only decrease, until its commit
+    d2d84fa "fix a bug in GradVac", February 2024). The paper
     (and LibMTL's ``GradVac_group_type``) can work per layer or per parameter matrix; this
     class uses the whole shared gradient (LibMTL's default "whole_model"). A zero ``g'_t`` or
     ``g_s`` counts as ``φ = 0`` and is left as is; targets are used clipped to

@@ -20,8 +20,9 @@ class MaxNorm(GradientAggregator):
         update = α Σ_t ĝ_t / (‖ĝ_t‖ + ε),   α = max_t ‖ĝ_t‖
 
     Every task with a nonzero ĝ_t contributes a vector of norm ≈ α; a task whose ĝ_t is zero
-    contributes zero. With the log transform this is DB-MTL; on plain losses it is the paper's
-    "gradient-magnitude balancing only" ablation (Table 6).
+    contributes zero, and its reported weight is 0 (not α/ε). With the log transform this is
+    DB-MTL; on plain losses it is the paper's "gradient-magnitude balancing only" ablation
+    (Table 6).
 
     Reference: B. Lin, W. Jiang, F. Ye, Y. Zhang, P. Chen, Y.-C. Chen, S. Liu, J. T. Kwok,
     "Dual-Balancing for Multi-Task Learning", arXiv:2308.12029.
@@ -76,7 +77,8 @@ class MaxNorm(GradientAggregator):
             ema.lerp_(jacobian.to(ema.dtype), 1.0 - beta_k)
         norms = torch.linalg.vector_norm(ema, dim=1)
         alpha = norms.max()
-        coef = alpha / (norms + self.eps)
+        # a zero ĝ_t contributes nothing: its weight is 0, not α/ε (no host sync)
+        coef = torch.where(norms > 0, alpha / (norms + self.eps), torch.zeros_like(norms))
         if out.dtype == ema.dtype:
             torch.mv(ema.T, coef, out=out)
         else:

@@ -25,9 +25,11 @@ def mgda_weights(gram: Tensor, losses: Tensor, normalization: str = "none") -> T
 
     With a normalisation, the min-norm problem is solved for the rows ``g_t / n_t``
     (``n_t`` = ‖g_t‖, ℓ_t or ℓ_t‖g_t‖) and its solution is returned as the weights of the
-    original rows (the official code: ``Σ_t w_t ℓ_t`` is back-propagated).
+    original rows (the official code: ``Σ_t w_t ℓ_t`` is back-propagated). No PSD projection
+    of G here: :func:`~mtlbalance.aggregators._min_norm.min_norm_weights` factors its
+    correlation matrix, which keeps the relative precision of a small task's entries.
     """
-    g = _qp.host_gram(gram)
+    g = _qp.host_gram(gram, psd=False)
     if normalization != "none":
         norms = g.diagonal().clamp_min(0.0).sqrt()
         loss = losses.detach().to(device="cpu", dtype=torch.float64).abs()
@@ -49,7 +51,9 @@ class MGDA(GramWeighting):
 
         w = argmin_{w ≥ 0, Σw = 1} ‖Σ_t w_t g_t‖² = argmin wᵀ G w,     update = Σ_t w_t g_t
 
-    solved exactly from the Gram matrix (an active-set QP, not Frank–Wolfe iterations). At
+    solved exactly from the Gram matrix (Lawson & Hanson's least-distance problem, an NNLS;
+    not Frank–Wolfe iterations), also when the gradients' norms differ by many orders of
+    magnitude. At
     the solution ``⟨g_t, update⟩ ≥ ‖update‖²`` for every task, with equality where
     ``w_t > 0``: no task's loss increases to first order. The weights act as loss weights
     (the paper back-propagates ``Σ_t w_t ℓ_t``), so they also scale the task-specific
@@ -73,7 +77,7 @@ class MGDA(GramWeighting):
     reference: ClassVar[str] = (
         "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018"
     )
-    cost: ClassVar[str] = "T×T min-norm QP (exact active set, host float64, one sync)"
+    cost: ClassVar[str] = "T×T min-norm NNLS (exact; SciPy if installed; host float64, one sync)"
     weights_task_params: ClassVar[bool] = True
 
     def __init__(self, normalization: Normalization = "none"):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from . import _qp
-from .base import Aggregation, GramWeighting, gram_matrix
+from .base import Aggregation, GramWeighting
 
 
 def nash_weights(gram: Tensor) -> Tensor:
@@ -23,7 +22,7 @@ class NashMTL(GramWeighting):
     ::
 
         d = argmax_{‖d‖ ≤ 1} Σ_t log⟨g_t, d⟩   ⇔   d ∝ Σ_t α_t g_t,  α_t (G α)_t = 1,  α > 0
-        update = α J, clipped to norm ``max_norm``
+        update = α J, clipped to norm ``max_norm``  (‖αᵀJ‖² = αᵀ G α: from the Gram matrix)
 
     α minimises the strictly convex ``½ αᵀGα − Σ_t log α_t`` (its gradient is ``Gα − 1/α``),
     solved here by damped Newton to a relative residual of 1e-13 — the exact fixed point the
@@ -61,14 +60,14 @@ class NashMTL(GramWeighting):
     def weights_from_gram(self, gram: Tensor, losses: Tensor) -> Tensor:
         return _qp.to_like(nash_weights(gram), gram)
 
-    def forward(self, jacobian: Tensor, out: Tensor, *, losses: Tensor) -> Aggregation:
-        gram = gram_matrix(jacobian)
-        w = self.weights_from_gram(gram, losses).to(jacobian.dtype)
-        torch.mv(jacobian.T, w, out=out)
+    def weigh(self, gram: Tensor, losses: Tensor) -> Aggregation:
+        """α, and the clip of ``‖αᵀJ‖ = sqrt(αᵀ G α)`` folded into the update's weights (the
+        task-specific gradients get the unclipped α): a function of the Gram matrix only."""
+        w = self.weights_from_gram(gram, losses)
         if self.max_norm <= 0:
             return Aggregation(weights=w, task_weights=w)
-        factor = _qp.clip_factor(torch.linalg.vector_norm(out), self.max_norm).to(w.dtype)
-        out.mul_(factor.to(out.dtype))
+        norm = (w @ (gram.to(w.dtype) @ w)).clamp_min(0.0).sqrt()
+        factor = _qp.clip_factor(norm, self.max_norm)
         return Aggregation(weights=w * factor, task_weights=w)
 
     def extra_repr(self) -> str:
