@@ -11,8 +11,9 @@
     ``image_size``: ``[H, W]`` every file must have (default the released size);
     ``workers``: DataLoader processes (0).
   ``[model]``: ``arch`` (``hps`` — the paper's DeepLabV3+; ``mtan``, ``cross_stitch``,
-  ``segnet``), ``backbone`` (``resnet50``), ``pretrained`` (path of a torchvision ResNet state
-  dict; empty: random initialisation).
+  ``segnet``), ``backbone`` (``resnet50``), ``dilated`` (true: output stride 8, the paper's;
+  false: the plain ResNet, e.g. a small ``resnet18`` variant), ``pretrained`` (path of a
+  torchvision ResNet state dict; empty: random initialisation).
 
 ``office_problem`` — ``[data]``: ``dataset`` (``"office-31"`` or ``"office-home"``), ``root``,
 ``lists`` (folder of the split lists; default ``root``), ``image_size`` (224), ``workers``,
@@ -69,7 +70,12 @@ _DENSE_DATA: dict[str, Any] = {
     "seed": 0,
     "workers": 0,
 }
-_DENSE_MODEL: dict[str, Any] = {"arch": "hps", "backbone": "resnet50", "pretrained": None}
+_DENSE_MODEL: dict[str, Any] = {
+    "arch": "hps",
+    "backbone": "resnet50",
+    "pretrained": None,
+    "dilated": True,
+}
 _OUT = {"depth": 1, "normal": 3}  # output channels; segmentation: the classes
 
 
@@ -139,9 +145,12 @@ def _dense_problem(spec: DenseSpec, data: Mapping[str, Any], model: Mapping[str,
     outputs = {t: spec.classes if t == "segmentation" else _OUT[t] for t in spec.tasks}
     arch, backbone = str(m["arch"]), str(m["backbone"])
     pretrained = m["pretrained"] or None
+    dilated = _bool(m["dilated"], "[model] dilated")
 
     def build() -> Any:
-        return build_dense_model(arch, outputs, backbone=backbone, pretrained=pretrained)
+        return build_dense_model(
+            arch, outputs, backbone=backbone, pretrained=pretrained, dilated=dilated
+        )
 
     def loader(split: DenseScenes, batch_size: int, shuffle: bool) -> BatchLoader:
         return BatchLoader(
@@ -163,6 +172,7 @@ def _dense_problem(spec: DenseSpec, data: Mapping[str, Any], model: Mapping[str,
         "image_size": list(size or spec.size),
         "arch": arch,
         "backbone": backbone,
+        "dilated": dilated,
         "pretrained": pretrained,
         "parameters": count_parameters(model_),
     }

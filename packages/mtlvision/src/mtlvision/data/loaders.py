@@ -1,11 +1,12 @@
-"""Batch loaders whose randomness is drawn from the global torch RNG when iteration starts.
+"""Batch loaders whose randomness is all drawn from the global torch RNG when iteration starts.
 
-:class:`mtltrain.trainer.Trainer` resumes an interrupted epoch by restoring the RNG state of
-the epoch's start and iterating the loader again; that replays the same batches only if every
-random choice of the epoch (order, augmentation) is drawn at that moment, not while training
-runs (dropout draws from the same RNG). Both loaders here draw everything up front: the order,
-and one augmentation seed per sample (``(index, seed)`` keys go to a :class:`Keyed` dataset).
-Images are decoded by ``torch.utils.data.DataLoader`` (``workers`` processes, or in-process).
+An epoch's batches (order and augmentation: one seed per sample, passed with its index to a
+:class:`Keyed` dataset) depend only on the RNG state at the start of the epoch, not on what
+training draws during it (dropout, RLW's random weights, GradDrop's masks), and
+:class:`mtltrain.trainer.Trainer`'s mid-epoch resume (restore the epoch-start RNG state,
+iterate past the batches already trained on, then restore the saved state) replays them.
+Images are decoded by ``torch.utils.data.DataLoader`` (``workers`` processes, or
+in-process), which never touches the global RNG here.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ def _aspp_head(in_channels: int, out_channels: int) -> nn.Module:
 
 
 class DeepLabHPS(nn.Module):
-    """Hard parameter sharing: a dilated ResNet encoder, one ASPP head per task."""
+    """Hard parameter sharing: a dilated ResNet encoder, one ASPP head per task
+    (``dilated=False``: the plain ResNet, output stride 32 — e.g. a small ResNet-18 variant)."""
 
     def __init__(
         self,
@@ -71,10 +72,11 @@ class DeepLabHPS(nn.Module):
         *,
         backbone: str = "resnet50",
         pretrained: str | os.PathLike[str] | None = None,
+        dilated: bool = True,
     ) -> None:
         super().__init__()
         self.tasks = _check_tasks(tasks)
-        self.encoder = resnet_trunk(backbone, dilated=True, pretrained=pretrained)
+        self.encoder = resnet_trunk(backbone, dilated=dilated, pretrained=pretrained)
         width = self.encoder.channels[-1]
         self.heads = nn.ModuleDict({t: _aspp_head(width, c) for t, c in self.tasks.items()})
 
@@ -302,14 +304,16 @@ def build_dense_model(
     *,
     backbone: str = "resnet50",
     pretrained: str | os.PathLike[str] | None = None,
+    dilated: bool = True,
 ) -> nn.Module:
-    """``arch``: ``hps`` (DeepLabV3+, the paper's), ``mtan``, ``cross_stitch`` or ``segnet``."""
+    """``arch``: ``hps`` (DeepLabV3+, the paper's), ``mtan``, ``cross_stitch`` or ``segnet``;
+    ``dilated``: the ResNet keeps output stride 8 (the paper's; bottleneck ResNets only)."""
     if arch == "hps":
-        return DeepLabHPS(tasks, backbone=backbone, pretrained=pretrained)
+        return DeepLabHPS(tasks, backbone=backbone, pretrained=pretrained, dilated=dilated)
     if arch == "mtan":
-        return MTAN(tasks, backbone=backbone, pretrained=pretrained)
+        return MTAN(tasks, backbone=backbone, pretrained=pretrained, dilated=dilated)
     if arch == "cross_stitch":
-        return CrossStitch(tasks, backbone=backbone, pretrained=pretrained)
+        return CrossStitch(tasks, backbone=backbone, pretrained=pretrained, dilated=dilated)
     if arch == "segnet":
         if pretrained not in (None, ""):
             raise ValueError("segnet is trained from scratch here: leave pretrained empty")
