@@ -29,10 +29,16 @@ def _preds(out):  # type: ignore[no-untyped-def]
     return out[1] if isinstance(out, tuple) else out
 
 
-@pytest.mark.parametrize("arch", ["hps", "mtan", "cross_stitch", "segnet"])
-def test_dense_models_predict_every_task_at_input_size(arch: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "backbone", "dilated"),
+    [("hps", "resnet50", True), ("mtan", "resnet50", True), ("mtan", "resnet18", False),
+     ("cross_stitch", "resnet18", False), ("segnet", "resnet50", True)],
+)  # fmt: skip
+def test_dense_models_predict_every_task_at_input_size(
+    arch: str, backbone: str, dilated: bool
+) -> None:
     torch.manual_seed(0)
-    model = build_dense_model(arch, NYU, backbone="resnet50")
+    model = build_dense_model(arch, NYU, backbone=backbone, dilated=dilated)
     assert isinstance(model, MultiTaskModel)
     check_partition(model)
     model.eval()
@@ -54,7 +60,7 @@ def test_mtan_attention_is_task_specific() -> None:
     """Changing one task's attention masks changes only that task's output (LibMTL's
     ``[module] * T`` would share them)."""
     torch.manual_seed(0)
-    model = MTAN({"a": 2, "b": 2}, backbone="resnet50").eval()
+    model = MTAN({"a": 2, "b": 2}, backbone="resnet18", dilated=False).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
@@ -70,7 +76,7 @@ def test_cross_stitch_units() -> None:
     """Initialised as Misra et al. (0.9 / 0.1/(T−1)); with identity units every task's output
     is its own column's (no mixing)."""
     torch.manual_seed(0)
-    model = CrossStitch({"a": 2, "b": 1, "c": 3}, backbone="resnet50").eval()
+    model = CrossStitch({"a": 2, "b": 1, "c": 3}, backbone="resnet18", dilated=False).eval()
     expected = torch.full((3, 3), 0.05)
     expected.fill_diagonal_(0.9)
     assert torch.allclose(model.units.data, expected.expand(3, 3, 3))
