@@ -3,8 +3,8 @@ rows agree with its published Δp, and a short run goes through mtlbench end to 
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,16 +12,43 @@ import torch
 
 import mtlbalance
 from mtlbench.runner import build_problem, run_benchmark
-from mtlbench.spec import Spec, list_specs
+from mtlbench.spec import Spec, list_specs, parse_spec
 from mtltrain import Trainer, TrainerConfig, delta_p
 from mtlvision.bench import cityscapes_problem, multimnist_problem, nyuv2_problem, office_problem
 from mtlvision.data import DatasetNotFoundError
 
 from .conftest import OFFICE_LISTS, REPO, check_partition, write_dense, write_mnist, write_office
 
-SPECS = {s.name: s for s in list_specs(REPO / "benchmarks" / "specs")}
+SPEC_DIR = REPO / "benchmarks" / "specs"
+SPECS = {s.name: s for s in list_specs(SPEC_DIR)}
 VISION = ["nyuv2", "cityscapes", "office-31", "office-home", "multimnist"]
 TABLES = {"nyuv2": 22, "cityscapes": 22, "office-31": 22, "office-home": 22}
+
+
+def _one_epoch(batch_size: int) -> dict[str, object]:
+    return {"epochs": 1, "batch_size": batch_size, "scheduler": None}
+
+
+def _variant(
+    name: str,
+    *,
+    data: dict[str, object] | None = None,
+    model: dict[str, object] | None = None,
+    train: dict[str, object] | None = None,
+) -> Spec:
+    """Spec ``name`` with some [data], [model], [train] options changed (None removes one),
+    parsed again from its TOML so every check of the spec format applies."""
+    path = SPEC_DIR / f"{name}.toml"
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    for key, changes in (("data", data), ("model", model), ("train", train)):
+        table = dict(raw.get(key, {}))
+        for option, value in (changes or {}).items():
+            if value is None:
+                table.pop(option, None)
+            else:
+                table[option] = value
+        raw[key] = table
+    return parse_spec(raw, path=path)
 
 
 def _fixture(name: str, base: Path, *, small: bool = False) -> dict[str, object]:
@@ -50,9 +77,7 @@ def _fixture(name: str, base: Path, *, small: bool = False) -> dict[str, object]
 
 @pytest.mark.parametrize("name", VISION)
 def test_spec_builds_its_problem_on_a_fixture(name: str, data_env: Path) -> None:
-    spec = SPECS[name]
-    extra = _fixture(name, data_env)
-    spec = dataclasses.replace(spec, data={**spec.data, **extra})
+    spec = _variant(name, data=_fixture(name, data_env))
     problem = build_problem(spec)  # raises if the tasks or metric directions differ
     assert [t.name for t in problem.tasks] == list(spec.tasks)
     check_partition(problem.make_model())
@@ -134,7 +159,9 @@ def _run(spec: Spec, methods: list[str], stl: bool, tmp_path: Path) -> list:  # 
 def test_a_short_multimnist_run_through_mtlbench(data_env: Path, tmp_path: Path) -> None:
     """STL, EW and DB-MTL for one epoch on the MNIST fixture through mtlbench's runner: every
     run finishes with finite test accuracies, selected against our STL runs."""
-    spec = _short(SPECS["multimnist"], _fixture("multimnist", data_env, small=True), batch_size=8)
+    spec = _variant(
+        "multimnist", data=_fixture("multimnist", data_env, small=True), train=_one_epoch(8)
+    )
     records = _run(spec, ["ew", "dbmtl"], True, tmp_path)
     assert [r.method for r in records] == ["stl", "stl", "ew", "dbmtl"]
     for record in records:
@@ -148,9 +175,9 @@ def test_a_short_nyuv2_run_through_mtlbench(data_env: Path, tmp_path: Path) -> N
     small ResNet-18 so that it runs on a CPU) through mtlbench's runner: all nine metrics
     finite, and a test Δp against the paper's STL row (no STL runs here)."""
     extra = {**_fixture("nyuv2", data_env, small=True), "image_size": [32, 64], "augment": True}
-    spec = SPECS["nyuv2"]
-    spec = dataclasses.replace(spec, model={**spec.model, "backbone": "resnet18", "dilated": False})
-    (record,) = _run(_short(spec, extra, batch_size=2), ["dbmtl"], False, tmp_path)
+    small = {"backbone": "resnet18", "dilated": False}
+    spec = _variant("nyuv2", data=extra, model=small, train=_one_epoch(2))
+    (record,) = _run(spec, ["dbmtl"], False, tmp_path)
     assert record.status == "FINISHED" and record.selection == "first_epoch"
     assert {t: set(m) for t, m in record.test.items()} == {t: set(m) for t, m in spec.tasks.items()}
     assert all(math.isfinite(v) for m in record.test.values() for v in m.values())
@@ -163,7 +190,7 @@ def test_a_short_office_run(name: str, data_env: Path) -> None:
     runner: it selects by validation Δp, and an untrained model's 0% accuracy on 3 images
     leaves Δp nothing to divide by.)"""
     _fixture(name, data_env)
-    spec = _short(SPECS[name], {"image_size": 32}, batch_size=2)
+    spec = _variant(name, data={"image_size": 32}, train=_one_epoch(2))
     problem = build_problem(spec)
     for method in ("ew", "dbmtl") if name == "office-31" else ("dbmtl",):
         torch.manual_seed(0)
@@ -183,11 +210,6 @@ def test_a_short_office_run(name: str, data_env: Path) -> None:
         assert result.steps == 1  # 3 images per domain, batch 2, the last dropped
         assert result.test is not None and set(result.test) == set(spec.tasks)
         assert all(0 <= m["acc"] <= 100 for m in result.test.values())
-
-
-def _short(spec: Spec, data: dict[str, object], batch_size: int) -> Spec:
-    train = dataclasses.replace(spec.train, epochs=1, batch_size=batch_size, scheduler=None)
-    return dataclasses.replace(spec, data={**spec.data, **data}, train=train)
 
 
 def test_builders_reject_unknown_options(data_env: Path) -> None:
