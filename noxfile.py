@@ -46,6 +46,7 @@ PACKAGES: list[str] = [
     "packages/mtltrain[mlflow,test]",
     "packages/mtlrec[test]",
     "packages/mtlmolecule[convert,test]",
+    "packages/mtlvision[test]",
     "apps/mtlbench[mlflow,test]",
 ]
 
