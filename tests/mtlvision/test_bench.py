@@ -12,14 +12,14 @@ import torch
 
 import mtlbalance
 from mtlbench.runner import build_problem, run_benchmark
-from mtlbench.spec import Spec, list_specs, parse_spec
+from mtlbench.spec import PACKAGED_SPECS, Spec, list_specs, parse_spec
 from mtltrain import Trainer, TrainerConfig, delta_p
 from mtlvision.bench import cityscapes_problem, multimnist_problem, nyuv2_problem, office_problem
 from mtlvision.data import DatasetNotFoundError
 
 from .conftest import OFFICE_LISTS, REPO, check_partition, write_dense, write_mnist, write_office
 
-SPEC_DIR = REPO / "benchmarks" / "specs"
+SPEC_DIR = PACKAGED_SPECS
 SPECS = {s.name: s for s in list_specs(SPEC_DIR)}
 VISION = ["nyuv2", "cityscapes", "office-31", "office-home", "multimnist"]
 TABLES = {"nyuv2": 22, "cityscapes": 22, "office-31": 22, "office-home": 22}
