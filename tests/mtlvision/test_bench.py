@@ -17,7 +17,7 @@ from mtltrain import Trainer, TrainerConfig, delta_p
 from mtlvision.bench import cityscapes_problem, multimnist_problem, nyuv2_problem, office_problem
 from mtlvision.data import DatasetNotFoundError
 
-from .conftest import OFFICE_LISTS, REPO, check_partition, write_dense, write_mnist, write_office
+from .conftest import OFFICE_LISTS, check_partition, write_dense, write_mnist, write_office
 
 SPEC_DIR = PACKAGED_SPECS
 SPECS = {s.name: s for s in list_specs(SPEC_DIR)}
