@@ -202,7 +202,7 @@ def test_incomplete_and_malformed_runs_are_left_out_with_a_note() -> None:
     assert report.ours["ew"].seeds == (0,)
     assert "stl" not in report.ours
     notes = "\n".join(report.notes)
-    assert "run partial (ew, seed 1) left out: no finite final/test/depth/RelErr" in notes
+    assert "run partial (ew, seed 1) left out: no finite final.test.depth.RelErr" in notes
     assert "'normals' is not a task of the spec" in notes
     assert "without a mtlbench.stl_task tag" in notes
 
@@ -243,7 +243,10 @@ def test_markdown_has_every_method_paper_rows_arrows_and_delta_p(full_report: Re
     assert best is not None and best.mean > ew.mean
     assert f"**{best.mean:+.2f}**" in dbmtl_line  # the best Δp is bold
     assert "Seeds: 1–2 per method (the spec asks for 2)" in md
-    assert "Model selection: stl (2 methods)" in md
+    assert (
+        "Model selection: `stl` (ew, dbmtl): the epoch with the best validation Δp against our "
+        "STL runs' validation metrics" in md
+    )
     assert "log+pcgrad: no finished run" in md
 
 
@@ -282,8 +285,10 @@ def track(
     status: str = "FINISHED",
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
+    legacy: bool = False,
 ) -> Tracker:
-    """A run recorded the way the runner records it."""
+    """A run recorded the way the runner records it (``legacy``: with ``final/...`` keys,
+    as before they were renamed ``final.*``)."""
     run_tags = {
         "mtlbench.spec": spec.name,
         "mtlbench.method": method,
@@ -302,9 +307,10 @@ def track(
     )
     for epoch in range(2):  # per-epoch history: the final values are what counts
         tracker.log_metrics({"val/segmentation/mIoU": 10.0 + epoch}, step=epoch)
-    final = {f"final/{split}/{t}/{m}": v for split in ("test", "val")
+    sep = "/" if legacy else "."  # runs tracked before the final keys lost their slashes
+    final = {sep.join(["final", split, t, m]): v for split in ("test", "val")
              for t, ms in test.items() for m, v in ms.items()}  # fmt: skip
-    tracker.log_metrics({**final, "final/epoch": 1.0}, step=0)
+    tracker.log_metrics({**final, f"final{sep}epoch": 1.0}, step=0)
     tracker.close(status)
     time.sleep(0.002)  # distinct start times, so "newest" is well defined
     return tracker

@@ -279,11 +279,17 @@ def _run(args: argparse.Namespace) -> int:
     paths = write_report(report, Path(args.out) / "reports" / spec.name)
     print()
     print(render_markdown(report))
-    if uri:
-        where = f"MLflow: {redact_uri(uri)} (mtlbench ui)"
-    else:
-        where = f"spool: {args.spool} (mtlbench sync)"
-    print(f"report: {paths['md']}  |  {where}")
+    from .publish import log_report, where_lines
+
+    run = log_report(
+        report,
+        paths,
+        spec=spec,
+        tracking_uri=uri,
+        spool_root=args.spool,
+        close_timeout=args.store_timeout,
+    )
+    print("\n".join(where_lines(run, spec, paths["md"], args.spool)))
     return 0
 
 
@@ -307,6 +313,18 @@ def _report(args: argparse.Namespace) -> int:
     paths = write_report(report, out)
     print(render_markdown(report))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
+    from .publish import log_report, report_store, where_lines
+
+    store = report_store(args.tracking_uri, args.spool, from_spool=args.from_spool)
+    run = log_report(
+        report,
+        paths,
+        spec=spec,
+        tracking_uri=store,
+        spool_root=args.spool,
+        close_timeout=args.store_timeout,
+    )
+    print("\n".join(where_lines(run, spec, None, args.spool)))
     return 0
 
 
@@ -320,6 +338,10 @@ def _ui(args: argparse.Namespace) -> int:
         f"MLflow UI for {redact_uri(uri)} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
         file=sys.stderr,
     )
+    from .publish import benchmark_links
+
+    for name, link in benchmark_links(uri, args.port, args.specs, timeout=args.store_timeout):
+        print(f"  {name}: {link}", file=sys.stderr)
     # The server and its workers run in their own process group, stopped with it whatever ends
     # this process: Ctrl-C, SIGTERM (a service manager, `kill`) or SIGHUP (a closed terminal).
     server = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
