@@ -256,7 +256,7 @@ def build_report(spec: Spec, runs: Iterable[RunRecord]) -> Report:
         superseded=usable.superseded,
         not_finished=usable.not_finished,
         notes=notes,
-        report_note=str(getattr(spec, "report_note", "") or ""),
+        report_note=spec.report_note,
     )
 
 
