@@ -71,9 +71,12 @@ def run_provenance(spec: Spec) -> dict[str, str]:
     """The provenance tags of a run of ``spec`` (:func:`mtltrain.tracking.provenance_tags`):
     the command, the commit of the code's git work tree, the versions of :data:`VERSIONED`
     and of the package providing the spec's problem builder."""
+    return provenance_tags(packages=_versioned(spec), code=Path(__file__))
+
+
+def _versioned(spec: Spec) -> list[str]:
     top = spec.problem.partition(":")[0].partition(".")[0]
-    packages = dict.fromkeys([*VERSIONED, top])
-    return provenance_tags(packages=packages, code=Path(__file__))
+    return list(dict.fromkeys([*VERSIONED, top]))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -154,6 +157,8 @@ def run_benchmark(
         problem = build_problem(spec)
         records: list[RunRecord] = []
         tags = run_provenance(spec)
+        env = environment(packages=_versioned(spec), code=Path(__file__))
+        env_json = json.dumps(env, indent=1, sort_keys=True) + "\n"
         common: dict[str, Any] = {
             "problem": problem,
             "tracking_uri": tracking_uri,
@@ -165,6 +170,7 @@ def run_benchmark(
             "progress": progress,
             "log_every": log_every,
             "provenance": tags,
+            "environment_json": env_json,
         }
         groups: dict[str, Tracker] = {}
 
@@ -339,12 +345,14 @@ def run_one(
     label: str | None = None,
     parent: str | None = None,
     provenance: Mapping[str, str] | None = None,
+    environment_json: str | None = None,
 ) -> RunRecord:
     """Train one (method, seed[, STL task]) run of ``spec`` and return its record.
 
     An earlier checkpoint of the run is continued with ``resume``, deleted with ``restart``,
     and otherwise an error (never silently overwritten). ``parent``: the spool run id of its
-    group run; ``provenance``: tags saying where it came from (:func:`run_provenance`)."""
+    group run; ``provenance``: tags saying where it came from (:func:`run_provenance`);
+    ``environment_json``: the text of its ``environment.json`` (made once per invocation)."""
     train = spec.train
     run_name = _run_name(method, seed, stl_task)
     ckpt_dir = checkpoint_path(spec, out_dir, method, seed, stl_task)
@@ -411,10 +419,8 @@ def run_one(
                 tracker.log_artifact(spec.path, "spec")
         else:  # a resumed run: where it came from this time
             tracker.set_tags(dict(provenance or {}))
-        tracker.log_text(
-            json.dumps(environment(code=Path(__file__)), indent=1, sort_keys=True) + "\n",
-            "environment.json",
-        )
+        if environment_json is not None:
+            tracker.log_text(environment_json, "environment.json")
         trainer = Trainer(
             model,
             problem.tasks,

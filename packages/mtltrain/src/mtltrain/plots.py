@@ -81,7 +81,7 @@ def training_figures(
         ax.set_ylabel(label + ("" if scale == "linear" else f" ({scale} scale)"))
         ax.set_title(f"{label} per task", fontsize="medium")
         ax.legend(fontsize="small")
-        ax.grid(alpha=0.3, which="both" if scale == "log" else "major")
+        ax.grid(alpha=0.3)
         fig.tight_layout()
         figures[kind] = fig
     return figures

@@ -110,9 +110,16 @@ def git_info(path: str | os.PathLike[str]) -> dict[str, str]:
 
 def package_versions(packages: Iterable[str]) -> dict[str, str]:
     """``{name: version}`` of the installed distributions among ``packages`` (plus
-    ``python``); names not installed are left out."""
+    ``python``); names not installed are left out. An imported module's own ``__version__``
+    wins: it carries the build (torch's ``2.14.1+cu130``, where its metadata says
+    ``2.14.1``)."""
     out = {"python": platform.python_version()}
     for name in packages:
+        module = sys.modules.get(name)
+        version = getattr(module, "__version__", None) if module is not None else None
+        if isinstance(version, str):
+            out[name] = version
+            continue
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
