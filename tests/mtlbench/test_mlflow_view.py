@@ -92,14 +92,17 @@ def test_a_run_as_an_mlflow_user_sees_it(
         "**tiny**: a tiny synthetic spec for the tests"
     )
     ((key, view),) = _views(exp).items()
+    columns = [
+        "metrics.`final.test.delta_p`",
+        "metrics.`final.test.delta_p_std`",
+        "metrics.`final.test.click.auc`",
+        "metrics.`final.test.rating.mae`",
+        "metrics.`final.test.price.mae`",
+    ]  # the UI's names for metric columns (checked in a browser)
     assert view == {
-        "selectedColumns": [
-            "metrics.`final.test.delta_p`",
-            "metrics.`final.test.delta_p_std`",
-            "metrics.`final.test.click.auc`",
-            "metrics.`final.test.rating.mae`",
-            "metrics.`final.test.price.mae`",
-        ]
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "columnWidths": dict.fromkeys(columns, 160),
     }
     table = f"#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey={key}"
     assert f"runs, Δp and test metrics: http://127.0.0.1:5000/{table}" in out
@@ -229,3 +232,13 @@ def test_runs_synced_later_get_the_same_groups_links_and_view(
     note = by_name["report"].data.tags["mlflow.note.content"]
     for name in ("dbmtl", "dbmtl-seed0", "dbmtl-seed1"):
         assert f"]({_run_page(exp.experiment_id, by_name[name].info.run_id)})" in note
+
+
+def test_links_to_a_tracking_server_carry_no_credentials() -> None:
+    from mtlbench.publish import ui_base
+
+    assert ui_base("https://alice:hunter2@mlflow.example.com:8443/team/?token=hunter2") == (
+        "https://mlflow.example.com:8443/team/",
+        False,  # the server serves its own UI; the browser asks for the login
+    )
+    assert ui_base("sqlite:////data/mlflow.db", 5001) == ("http://127.0.0.1:5001/", True)

@@ -61,12 +61,14 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 def runs_view(spec: Spec) -> tuple[str, dict[str, Any]]:
     """(share key, view state) of the spec's runs view: runs nested under their group (the
     UI nests only in its default order, by start time), with Δp, its std over seeds and
-    every task's test metrics as visible columns. The key is a digest of the state, so a
-    spec with other tasks gets a view of its own."""
+    every task's test metrics as visible columns, in that order. The key is a digest of the
+    state, so a spec with other tasks gets a view of its own."""
     columns = [FINAL_TEST_DELTA_P, DELTA_P_STD] + [
         final_key("test", t, m) for t, ms in spec.tasks.items() for m in ms
     ]
-    state = {"selectedColumns": [f"metrics.`{c}`" for c in columns]}
+    ids = [f"metrics.`{c}`" for c in columns]
+    # in this order, wide enough for the numbers (the UI's default width cuts them)
+    state = {"selectedColumns": ids, "columnOrder": ids, "columnWidths": dict.fromkeys(ids, 160)}
     text = json.dumps(state, sort_keys=True)
     key = "mtlbench-" + hashlib.sha256(text.encode()).hexdigest()[:12]
     return key, state
@@ -103,10 +105,14 @@ def experiment_tags(spec: Spec) -> dict[str, str]:
 
 def ui_base(tracking_uri: str, port: int = 5000) -> tuple[str, bool]:
     """(root URL of the MLflow UI for runs in ``tracking_uri``, whether ``mtlbench ui`` must
-    serve it): an http(s) tracking server serves its own UI; a database needs ``mtlbench
-    ui`` (127.0.0.1, ``port``). Secrets in the URI are redacted."""
+    serve it): an http(s) tracking server serves its own UI (the link leaves out any user,
+    password or query: the browser asks); a database needs ``mtlbench ui`` (127.0.0.1,
+    ``port``)."""
     if tracking_uri.startswith(("http://", "https://")):
-        return redact_uri(tracking_uri).rstrip("/") + "/", False
+        parts = urllib.parse.urlsplit(tracking_uri)
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/", False
     return f"http://127.0.0.1:{port}/", True
 
 
