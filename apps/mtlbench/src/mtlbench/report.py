@@ -528,12 +528,15 @@ def render_markdown(report: Report, *, links: bool = False) -> str:
     ours as mean ± std over seeds, the published row ``<method> (paper)`` right under it; then
     the report in words (:func:`summary_lines`).
 
-    With ``links``, each of our rows' method names links to its run (its group run when its
-    seeds share one, else its first run) and a section lists every run, as
+    With ``links``, the words come first, each of our rows' method names links to its run (its
+    group run when its seeds share one, else its first run) and a section lists every run, as
     ``{{run:<spool run id>}}`` placeholders: text for a tracked run's description, where the
     upload fills in the MLflow UI's addresses (:meth:`mtltrain.tracking.Tracker.set_linked_tags`).
     """
     lines = [f"# {report.spec_name}: results and Δp", ""]
+    summary = summary_lines(report)
+    if links and summary:  # a run's description shows its first lines: the words go first
+        lines += [f"- {s}" for s in summary] + [""]
     runs = f"{report.n_runs} finished run(s)"
     if report.sources:
         runs += f" from {' and '.join(report.sources)}"
@@ -567,8 +570,7 @@ def render_markdown(report: Report, *, links: bool = False) -> str:
         legend += " †: not published, computed from the paper's metrics against its STL row."
     lines += ["", legend]
 
-    summary = summary_lines(report)
-    if summary:
+    if summary and not links:
         lines += ["", "## What it shows", ""]
         lines += [f"- {s}" for s in summary]
 
