@@ -338,10 +338,6 @@ def _ui(args: argparse.Namespace) -> int:
         f"MLflow UI for {redact_uri(uri)} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
         file=sys.stderr,
     )
-    from .publish import benchmark_links
-
-    for name, link in benchmark_links(uri, args.port, args.specs, timeout=args.store_timeout):
-        print(f"  {name}: {link}", file=sys.stderr)
     # The server and its workers run in their own process group, stopped with it whatever ends
     # this process: Ctrl-C, SIGTERM (a service manager, `kill`) or SIGHUP (a closed terminal).
     server = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
@@ -351,6 +347,10 @@ def _ui(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        from .publish import benchmark_links  # while the server starts: each benchmark's view
+
+        for name, link in benchmark_links(uri, args.port, args.specs, timeout=args.store_timeout):
+            print(f"  {name}: {link}", file=sys.stderr)
         return server.wait()
     except KeyboardInterrupt:
         return 0
