@@ -62,8 +62,11 @@ def test_run_then_report_reads_back_from_mlflow(
 
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("mtlbench/tiny")
-    runs = client.search_runs([exp.experiment_id])
+    every = client.search_runs([exp.experiment_id])
+    runs = [r for r in every if "mtlbench.kind" not in r.data.tags]  # the training runs
     assert len(runs) == 2 * (3 + 2)  # 2 seeds x (3 STL tasks + ew + dbmtl)
+    kinds = sorted(r.data.tags.get("mtlbench.kind", "") for r in every if r not in runs)
+    assert kinds == ["group"] * 3 + ["report"]  # a group run for stl, ew, dbmtl; the report
     assert {r.info.status for r in runs} == {"FINISHED"}
     dbmtl = next(
         r
@@ -76,12 +79,12 @@ def test_run_then_report_reads_back_from_mlflow(
     assert dbmtl.data.tags["mtlbench.selection"] == "stl"
     metrics = dbmtl.data.metrics
     for key in (
-        "final/test/click/auc",
-        "final/test/rating/mae",
-        "final/test/price/mae",
-        "final/val/price/mae",
-        "final/epoch",
-        "final/test/delta_p",
+        "final.test.click.auc",
+        "final.test.rating.mae",
+        "final.test.price.mae",
+        "final.val.price.mae",
+        "final.epoch",
+        "final.test.delta_p",
         "val/delta_p",
     ):
         assert key in metrics, key
@@ -95,7 +98,7 @@ def test_run_then_report_reads_back_from_mlflow(
     assert {"plots/train_loss.png", "plots/train_grad_norm.png"} <= plots
     stl_click = [r for r in runs if r.data.tags.get("mtlbench.stl_task") == "click"]
     assert len(stl_click) == 2 and all(
-        "final/test/rating/mae" not in r.data.metrics for r in stl_click
+        "final.test.rating.mae" not in r.data.metrics for r in stl_click
     )
 
     out_dir = tmp_path / "rep"
@@ -107,7 +110,7 @@ def test_run_then_report_reads_back_from_mlflow(
     spec = find_spec("tiny")
 
     def final(run: object, task: str, metric: str) -> float:
-        return float(run.data.metrics[f"final/test/{task}/{metric}"])  # type: ignore[attr-defined]
+        return float(run.data.metrics[f"final.test.{task}.{metric}"])  # type: ignore[attr-defined]
 
     stl_ref = {
         t: {
@@ -118,7 +121,7 @@ def test_run_then_report_reads_back_from_mlflow(
     }
     ours = {t: {m: final(dbmtl, t, m) for m in ms} for t, ms in spec.tasks.items()}
     expected = delta_p(ours, stl_ref, spec.tasks)
-    assert metrics["final/test/delta_p"] == pytest.approx(expected, rel=1e-9)
+    assert metrics["final.test.delta_p"] == pytest.approx(expected, rel=1e-9)
     assert data["ours"]["dbmtl"]["delta_p_per_seed"]["1"] == pytest.approx(expected, rel=1e-9)
     for task, ms in stl_ref.items():
         assert data["reference"]["values"][task] == pytest.approx(ms)
@@ -144,9 +147,10 @@ def test_unreachable_store_loses_nothing_and_sync_uploads_later(
     uri = f"sqlite:///{tmp_path / 'later.db'}"
     assert main(["sync", "mtlruns-spool", "--tracking-uri", uri]) == 0
     client = mlflow.MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("mtlbench/tiny").experiment_id])
+    every = client.search_runs([client.get_experiment_by_name("mtlbench/tiny").experiment_id])
+    runs = [r for r in every if "mtlbench.kind" not in r.data.tags]  # the training runs
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert "final/test/click/auc" in runs[0].data.metrics
+    assert "final.test.click.auc" in runs[0].data.metrics
     assert len(client.get_metric_history(runs[0].info.run_id, "train/loss/click")) == 16
     # no STL runs and no published STL row: the report says there is no Δp reference
     assert main(["report", "tiny", "--tracking-uri", uri]) == 0
@@ -208,7 +212,7 @@ def test_selection_and_report_use_the_same_stl_reference(
     specs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """STL trained twice (the second, shorter set supersedes the first), then a method that
-    takes its reference from those earlier runs: the run's own final/test/delta_p (against
+    takes its reference from those earlier runs: the run's own final.test.delta_p (against
     the reference the runner chose) equals the report's Δp for it (against the report's)."""
     common = ["--no-tracking", "--quiet"]
     assert main(["run", "tiny", "--stl", "--methods", *common]) == 0
@@ -225,11 +229,11 @@ def test_selection_and_report_use_the_same_stl_reference(
     logged = {
         r.key: r.value
         for r in RunSpool.open(Path("mtlruns-spool") / ew_id).read_metrics()
-        if r.key == "final/test/delta_p"
+        if r.key == "final.test.delta_p"
     }
     tags = RunSpool.open(Path("mtlruns-spool") / ew_id).meta["tags"]
     assert tags["mtlbench.selection"] == "stl"  # the earlier STL runs were reused
-    assert logged["final/test/delta_p"] == pytest.approx(
+    assert logged["final.test.delta_p"] == pytest.approx(
         report.ours["ew"].delta_p_per_seed[0], rel=1e-12
     )
     # and the reference is the newer STL set's metrics, not a mean with the superseded one
@@ -305,12 +309,19 @@ def _final_test(run_dir: Path) -> dict[str, float]:
     return {
         r.key: r.value
         for r in RunSpool.open(run_dir).read_metrics()
-        if r.key.startswith("final/test/")
+        if r.key.startswith("final.test.")
     }
 
 
 def _only_run(spool: Path) -> Path:
-    (run,) = [p for p in spool.iterdir() if (p / "meta.json").is_file()]
+    """The one training run in ``spool`` (besides mtlbench's group and report runs)."""
+    from mtltrain.tracking import RunSpool
+
+    (run,) = [
+        p
+        for p in spool.iterdir()
+        if (p / "meta.json").is_file() and "mtlbench.kind" not in RunSpool.open(p).meta["tags"]
+    ]
     return run
 
 

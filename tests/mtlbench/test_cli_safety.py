@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import http.server
+import json
 import os
 import signal
 import socket
@@ -201,7 +202,9 @@ def test_a_stalled_store_does_not_hold_up_training(
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - start < 200
     assert "did not answer within 2 s" in proc.stderr, proc.stderr
-    assert len(list((tmp_path / "mtlruns-spool").iterdir())) == 1  # the run, spooled
+    spooled = [json.loads((d / "meta.json").read_text())["tags"].get("mtlbench.kind")
+               for d in (tmp_path / "mtlruns-spool").iterdir()]  # fmt: skip
+    assert sorted(map(str, spooled)) == ["None", "group", "report"]  # the run, spooled
 
 
 def test_report_from_a_stalled_store_says_to_use_the_spool(

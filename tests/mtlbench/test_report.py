@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -18,6 +19,7 @@ from mtlbench.report import (
     collect_runs,
     render_markdown,
     render_png,
+    summary_lines,
     write_report,
 )
 from mtlbench.spec import Spec, parse_spec
@@ -202,7 +204,7 @@ def test_incomplete_and_malformed_runs_are_left_out_with_a_note() -> None:
     assert report.ours["ew"].seeds == (0,)
     assert "stl" not in report.ours
     notes = "\n".join(report.notes)
-    assert "run partial (ew, seed 1) left out: no finite final/test/depth/RelErr" in notes
+    assert "run partial (ew, seed 1) left out: no finite final.test.depth.RelErr" in notes
     assert "'normals' is not a task of the spec" in notes
     assert "without a mtlbench.stl_task tag" in notes
 
@@ -243,7 +245,10 @@ def test_markdown_has_every_method_paper_rows_arrows_and_delta_p(full_report: Re
     assert best is not None and best.mean > ew.mean
     assert f"**{best.mean:+.2f}**" in dbmtl_line  # the best Δp is bold
     assert "Seeds: 1–2 per method (the spec asks for 2)" in md
-    assert "Model selection: stl (2 methods)" in md
+    assert (
+        "Model selection: `stl` (ew, dbmtl): the epoch with the best validation Δp against our "
+        "STL runs' validation metrics" in md
+    )
     assert "log+pcgrad: no finished run" in md
 
 
@@ -282,8 +287,10 @@ def track(
     status: str = "FINISHED",
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
+    legacy: bool = False,
 ) -> Tracker:
-    """A run recorded the way the runner records it."""
+    """A run recorded the way the runner records it (``legacy``: with ``final/...`` keys,
+    as before they were renamed ``final.*``)."""
     run_tags = {
         "mtlbench.spec": spec.name,
         "mtlbench.method": method,
@@ -302,9 +309,10 @@ def track(
     )
     for epoch in range(2):  # per-epoch history: the final values are what counts
         tracker.log_metrics({"val/segmentation/mIoU": 10.0 + epoch}, step=epoch)
-    final = {f"final/{split}/{t}/{m}": v for split in ("test", "val")
+    sep = "/" if legacy else "."  # runs tracked before the final keys lost their slashes
+    final = {sep.join(["final", split, t, m]): v for split in ("test", "val")
              for t, ms in test.items() for m, v in ms.items()}  # fmt: skip
-    tracker.log_metrics({**final, "final/epoch": 1.0}, step=0)
+    tracker.log_metrics({**final, f"final{sep}epoch": 1.0}, step=0)
     tracker.close(status)
     time.sleep(0.002)  # distinct start times, so "newest" is well defined
     return tracker
@@ -387,3 +395,123 @@ def test_collect_runs_says_what_to_run_when_there_is_nothing(tmp_path: Path) -> 
     with pytest.raises(NoRunsError, match=r"no MLflow store.*mtlbench run cityscapes"):
         collect_runs(spec, tracking_uri=f"sqlite:///{db}")
     assert not db.exists()  # reading did not create an empty store
+
+
+# ------------------------------------------------------------------------- the report in words
+WORDS_TASKS = {"a": {"m": "higher"}, "b": {"m": "lower"}}
+
+
+def words_spec(**extra: Any) -> Spec:
+    raw: dict[str, Any] = {
+        "name": "words",
+        "problem": "mtlbench.problems.synthetic:build",
+        "train": {"epochs": 1, "batch_size": 8},
+        "tasks": WORDS_TASKS,
+        "methods": ["ew", "dbmtl", "uw"],
+        **extra,
+    }
+    return parse_spec(raw)
+
+
+def words_runs(results: dict[str, list[tuple[float, float]]]) -> list[RunRecord]:
+    """STL a.m = b.m = 1.0 (seed 0), and each method's (a.m, b.m) per seed."""
+    runs = [record("stl", 0, {"a": {"m": 1.0}, "b": {"m": 1.0}}, stl_task=t) for t in ("a", "b")]
+    for method, seeds in results.items():
+        for seed, (a, b) in enumerate(seeds):
+            runs.append(record(method, seed, {"a": {"m": a}, "b": {"m": b}}))
+    return runs
+
+
+def test_the_report_says_who_wins_by_how_much_and_where(tmp_path: Path) -> None:
+    # Δp = ½ (100 (a - 1) / 1 - 100 (b - 1) / 1), by hand:
+    #   ew (0.9, 1.2): ½ (-10 - 20) = -15;  dbmtl (1.0, 1.1): ½ (0 - 10) = -5;
+    #   uw (0.96, 1.1): ½ (-4 - 10) = -7
+    note = "These tasks conflict on purpose: rows below STL are expected."
+    spec = words_spec(report={"note": note})
+    report = build_report(spec, words_runs({"ew": [(0.9, 1.2)], "dbmtl": [(1.0, 1.1)],
+                                            "uw": [(0.96, 1.1)]}))  # fmt: skip
+    md = render_markdown(report)
+    words = md.split("## What it shows\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert words == [
+        f"- {note}",
+        "- Every multi-task row is below STL (Δp < 0 for all 3): none matched single-task "
+        "training on all tasks at once.",
+        "- Best Δp: **dbmtl**, -5.00%, 2.00 points ahead of uw (-7.00%) and 10.00 ahead of ew "
+        "(-15.00%); one seed each, so no spread over seeds to weigh the lead against.",
+        "- dbmtl's Δp per task: a +0.00%, b -10.00%: it gives up most on b.",
+    ]
+    assert json.loads(json.dumps(report.to_dict()))["summary"] == [w[2:] for w in words]
+
+
+def test_the_report_weighs_the_lead_against_the_spread_over_seeds() -> None:
+    # ew: Δp -15 and -5 (mean -10, std 7.07); dbmtl: -5 and -7 (mean -6, std 1.41) -> a lead
+    # of 4 points, within the std of 7.07: not a clear win. One row above STL (+5).
+    runs = words_runs({"ew": [(0.9, 1.2), (1.0, 1.1)], "dbmtl": [(1.0, 1.1), (0.96, 1.1)],
+                       "uw": [(1.1, 1.0), (1.1, 1.0)]})  # fmt: skip
+    report = build_report(words_spec(), runs)
+    words = summary_lines(report)
+    assert words[0] == "1 of 3 multi-task rows are above STL (uw); the others are below."
+    assert words[1].startswith("Best Δp: **uw**, +5.00 ± 0.00%, 11.00 points ahead of dbmtl")
+    runs = words_runs({"ew": [(0.9, 1.2), (1.0, 1.1)], "dbmtl": [(1.0, 1.1), (0.96, 1.1)]})
+    words = summary_lines(build_report(words_spec(methods=["ew", "dbmtl"]), runs))
+    assert words[1] == (
+        "Best Δp: **dbmtl**, -6.00 ± 1.41%, 4.00 points ahead of ew (-10.00 ± 7.07%); the lead "
+        "is within the spread over seeds (std up to 7.07): not a clear win."
+    )
+
+
+def test_the_report_explains_model_selection() -> None:
+    runs = words_runs({"ew": [(0.9, 1.2)], "dbmtl": [(1.0, 1.1)]})
+    stl = [dataclasses.replace(r, selection="first_epoch") for r in runs if r.method == "stl"]
+    first = [dataclasses.replace(r, selection="first_epoch") for r in runs if r.method == "ew"]
+    rest = [r for r in runs if r.method == "dbmtl"]
+    md = render_markdown(build_report(words_spec(), stl + first + rest))
+    assert (
+        "  - `first_epoch` (STL, ew): the epoch with the best validation Δp against the run's "
+        "own first epoch — a single-task run is compared with itself, on its one task; ew had "
+        "no STL validation reference (LibMTL's rule; train STL first, e.g. with `--stl`, to "
+        "select against it)"
+    ) in md.splitlines()
+    assert (
+        "  - `stl` (dbmtl): the epoch with the best validation Δp against our STL runs' "
+        "validation metrics"
+    ) in md.splitlines()
+
+
+def test_a_bad_report_table_in_a_spec_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"\[report\] takes only note"):
+        words_spec(report={"note": "x", "colour": "red"})
+    with pytest.raises(ValueError, match=r"report\.note must be a string"):
+        words_spec(report={"note": 3})
+    assert words_spec().report_note == ""
+
+
+def test_with_links_each_row_and_seed_links_to_its_run() -> None:
+    runs = [
+        dataclasses.replace(
+            r,
+            spool_run_id=f"sp-{r.method}-{r.seed}-{r.stl_task}",
+            parent_run_id=f"group-{r.method}",
+        )
+        for r in words_runs({"ew": [(0.9, 1.2), (0.9, 1.2)], "dbmtl": [(1.0, 1.1)]})
+    ]
+    md = render_markdown(build_report(words_spec(methods=["ew", "dbmtl"]), runs), links=True)
+    assert "| [ew]({{run:group-ew}}) | 2 |" in md
+    assert "| [STL]({{run:group-stl}}) | 1 |" in md
+    assert "- ew: [seed 0]({{run:sp-ew-0-None}}), [seed 1]({{run:sp-ew-1-None}})" in md
+    assert "- STL: [seed 0 a]({{run:sp-stl-0-a}}), [seed 0 b]({{run:sp-stl-0-b}})" in md
+    assert "{{run:" not in render_markdown(build_report(words_spec(), runs))  # the file: no links
+
+
+def test_runs_tracked_with_the_old_final_slash_keys_are_read(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    spec = make_spec()
+    spool = tmp_path / "spool"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for t in PAPER_STL:
+        track(spec, spool, "stl", 0, PAPER_STL, stl_task=t, tracking_uri=uri, legacy=True)
+    track(spec, spool, "ew", 0, PAPER_EW, tracking_uri=uri, legacy=True)
+    for runs in (collect_runs(spec, spool_root=spool), collect_runs(spec, tracking_uri=uri)):
+        ew = next(r for r in runs if r.method == "ew")
+        assert ew.test == PAPER_EW and ew.epoch == 1
+        assert build_report(spec, runs).reference_kind == "ours"

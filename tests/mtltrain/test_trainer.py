@@ -348,9 +348,9 @@ def test_resumed_run_continues_the_same_tracked_run(tmp_path: Path) -> None:
     assert run.status == "FINISHED"
     steps = {r.step for r in run.read_metrics() if r.key == "train/loss/a"}
     assert steps == set(range(24))  # 3 epochs x 8 steps, none lost across the restart
-    finals = {r.key: r.value for r in run.read_metrics() if r.key.startswith("final/")}
-    assert finals["final/epoch"] == result.best_epoch
-    assert finals["final/test/b/mae"] == result.test["b"]["mae"]
+    finals = {r.key: r.value for r in run.read_metrics() if r.key.startswith("final.")}
+    assert finals["final.epoch"] == result.best_epoch
+    assert finals["final.test.b.mae"] == result.test["b"]["mae"]
     with pytest.raises(ValueError, match="belongs to experiment"):
         Tracker("other", spool_root=spool, resume=run_id)
     assert RunSpool.open(spool / run_id).status == "FINISHED"  # left as it was

@@ -283,11 +283,17 @@ def _run(args: argparse.Namespace) -> int:
     paths = write_report(report, Path(args.out) / "reports" / spec.name)
     print()
     print(render_markdown(report))
-    if uri:
-        where = f"MLflow: {redact_uri(uri)} (mtlbench ui)"
-    else:
-        where = f"spool: {args.spool} (mtlbench sync)"
-    print(f"report: {paths['md']}  |  {where}")
+    from .publish import log_report, where_lines
+
+    run = log_report(
+        report,
+        paths,
+        spec=spec,
+        tracking_uri=uri,
+        spool_root=args.spool,
+        close_timeout=args.store_timeout,
+    )
+    print("\n".join(where_lines(run, spec, paths["md"], args.spool)))
     return 0
 
 
@@ -311,6 +317,18 @@ def _report(args: argparse.Namespace) -> int:
     paths = write_report(report, out)
     print(render_markdown(report))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
+    from .publish import log_report, report_store, where_lines
+
+    store = report_store(args.tracking_uri, args.spool, from_spool=args.from_spool)
+    run = log_report(
+        report,
+        paths,
+        spec=spec,
+        tracking_uri=store,
+        spool_root=args.spool,
+        close_timeout=args.store_timeout,
+    )
+    print("\n".join(where_lines(run, spec, None, args.spool)))
     return 0
 
 
@@ -333,6 +351,10 @@ def _ui(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        from .publish import benchmark_links  # while the server starts: each benchmark's view
+
+        for name, link in benchmark_links(uri, args.port, args.specs, timeout=args.store_timeout):
+            print(f"  {name}: {link}", file=sys.stderr)
         return server.wait()
     except KeyboardInterrupt:
         return 0

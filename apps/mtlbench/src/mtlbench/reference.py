@@ -1,7 +1,7 @@
 """The one rule for which runs count and what single-task reference Δp is measured against.
 
 ``mtlbench run`` uses it to pick the validation reference for model selection and the test
-reference for ``final/test/delta_p``; ``mtlbench report`` uses it for the table. The same runs
+reference for ``final.test.delta_p``; ``mtlbench report`` uses it for the table. The same runs
 therefore give the same numbers in both.
 
 Which runs count: FINISHED ones with a finite value for every metric of their task(s); of
@@ -17,6 +17,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from mtltrain.results import final_key
 
 from .runs import STL, TAG_STL_TASK, RunRecord
 from .spec import Spec
@@ -148,7 +150,7 @@ def _incomplete(spec: Spec, run: RunRecord) -> str | None:
     else:
         tasks = list(spec.tasks)
     missing = [
-        f"final/test/{t}/{m}"
+        final_key("test", t, m)
         for t in tasks
         for m in spec.tasks[t]
         if not math.isfinite(run.test.get(t, {}).get(m, math.nan))

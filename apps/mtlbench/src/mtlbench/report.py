@@ -5,7 +5,7 @@ that every run writes first. Each run records, as the runner writes them::
 
     tags     mtlbench.spec, mtlbench.method, mtlbench.seed, mtlbench.stl_task (STL runs only),
              mtlbench.selection
-    metrics  final/test/<task>/<metric>, final/val/<task>/<metric>, final/epoch   (step 0)
+    metrics  final.test.<task>.<metric>, final.val.<task>.<metric>, final.epoch   (step 0)
 
 :func:`build_report` turns them into a :class:`Report`: per method the test metrics as
 mean ± std over seeds and Δp (Lin et al., Eq. (2))
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,6 +46,7 @@ __all__ = [
     "collect_runs",
     "render_markdown",
     "render_png",
+    "summary_lines",
     "write_report",
 ]
 
@@ -78,6 +79,15 @@ class MethodResult:
     delta_p_per_seed: dict[int, float] = field(default_factory=dict)
     delta_p_per_task: dict[str, Stat] = field(default_factory=dict)
     selections: tuple[str, ...] = ()
+    runs: tuple[RunRecord, ...] = ()
+
+    @property
+    def group_run_id(self) -> str | None:
+        """The spool run id of the group run all of this row's runs belong to, if one does."""
+        parents = {r.parent_run_id for r in self.runs}
+        if len(parents) == 1:
+            return next(iter(parents))
+        return None
 
     @property
     def seed_counts(self) -> tuple[int, int]:
@@ -117,6 +127,7 @@ class Report:
     superseded: int
     not_finished: int
     notes: list[str]
+    report_note: str = ""  # the spec's own words about its results ([report] note)
 
     def to_dict(self) -> dict[str, Any]:
         """All numbers, JSON-ready."""
@@ -141,6 +152,8 @@ class Report:
                 m: {
                     "seeds": list(r.seeds),
                     "run_ids": list(r.run_ids),
+                    "spool_run_ids": [x.spool_run_id for x in r.runs],
+                    "group_run_id": r.group_run_id,
                     "selections": list(r.selections),
                     "test": {t: {k: stat(s) for k, s in ms.items()} for t, ms in r.metrics.items()},
                     "delta_p": stat(r.delta_p),
@@ -167,6 +180,7 @@ class Report:
             "superseded": self.superseded,
             "not_finished": self.not_finished,
             "notes": self.notes,
+            "summary": summary_lines(self),
         }
 
 
@@ -242,6 +256,7 @@ def build_report(spec: Spec, runs: Iterable[RunRecord]) -> Report:
         superseded=usable.superseded,
         not_finished=usable.not_finished,
         notes=notes,
+        report_note=spec.report_note,
     )
 
 
@@ -262,6 +277,7 @@ def _method_result(
         run_ids=tuple(r.run_id for r in runs),
         metrics=metrics,
         selections=tuple(sorted({r.selection for r in runs if r.selection})),
+        runs=tuple(runs),
     )
     if reference is not None:
         result.delta_p_per_seed = {r.seed: delta_p(r.test, reference, spec.tasks) for r in runs}
@@ -289,6 +305,7 @@ def _stl_result(
         run_ids=tuple(r.run_id for r in all_runs),
         metrics=metrics,
         selections=tuple(sorted({r.selection for r in all_runs if r.selection})),
+        runs=tuple(all_runs),
     )
     if reference is None:
         return result
@@ -355,8 +372,11 @@ def _seeds_text(r: MethodResult) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
-def _table_rows(report: Report, *, bold: bool) -> tuple[list[str], list[list[str]]]:
-    """Header and body cells of the results table (ours and the paper's rows)."""
+def _table_rows(
+    report: Report, *, bold: bool, link: Callable[[MethodResult], str | None] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells of the results table (ours and the paper's rows); ``link`` gives
+    the address our rows' method names link to (Markdown)."""
     cols = _columns(report)
     dec = _column_decimals(report)
     header = ["Method", "Seeds"]
@@ -383,7 +403,9 @@ def _table_rows(report: Report, *, bold: bool) -> tuple[list[str], list[list[str
     for method in report.methods:
         ours = report.ours.get(method)
         if ours is not None:
-            row = [_name(method), _seeds_text(ours)]
+            url = None if link is None else link(ours)
+            name = _name(method) if url is None else f"[{_name(method)}]({url})"
+            row = [name, _seeds_text(ours)]
             for t, m, _ in cols:
                 s = ours.metrics.get(t, {}).get(m)
                 row.append("—" if s is None else mark(_fmt_stat(s, dec[(t, m)]), (t, m), s.mean))
@@ -406,20 +428,115 @@ def _table_rows(report: Report, *, bold: bool) -> tuple[list[str], list[list[str
     return header, body
 
 
-def _selection_text(report: Report) -> str | None:
-    counts: dict[str, int] = defaultdict(int)
-    for r in report.ours.values():
-        for s in r.selections:
-            counts[s] += 1
-    if not counts:
-        return None
-    return ", ".join(f"{k} ({v} method{'s' if v > 1 else ''})" for k, v in sorted(counts.items()))
+_SELECTION_MEANING = {
+    "stl": "the epoch with the best validation Δp against our STL runs' validation metrics",
+    "first_epoch": "the epoch with the best validation Δp against the run's own first epoch",
+    "last": "the last epoch (no selection)",
+}
 
 
-def render_markdown(report: Report) -> str:
+def _selection_text(report: Report) -> list[str]:
+    """What each model-selection rule in the report means, and which rows used it."""
+    rows: dict[str, list[str]] = defaultdict(list)
+    for method in report.methods:
+        r = report.ours.get(method)
+        for s in r.selections if r is not None else ():
+            rows[s].append(_name(method))
+    out = []
+    for kind, names in sorted(rows.items()):
+        meaning = _SELECTION_MEANING.get(kind, kind)
+        text = f"`{kind}` ({', '.join(names)}): {meaning}"
+        if kind == "first_epoch":
+            mtl = [n for n in names if n != "STL"]
+            why = []
+            if "STL" in names:
+                why.append("a single-task run is compared with itself, on its one task")
+            if mtl:
+                why.append(
+                    f"{', '.join(mtl)} had no STL validation reference (LibMTL's rule; train "
+                    "STL first, e.g. with `--stl`, to select against it)"
+                )
+            text += " — " + "; ".join(why)
+        out.append(text)
+    return out
+
+
+def _fmt_dp(s: Stat) -> str:
+    return _fmt_stat(s, 2, True) + "%"
+
+
+def summary_lines(report: Report) -> list[str]:
+    """The report in words, from its numbers: where the multi-task rows stand against the
+    single-task reference, which method wins and by how much (against the runner-up and EW,
+    and against the spread over seeds), and where the winner gains or loses per task; the
+    spec's own note first."""
+    lines = [report.report_note] if report.report_note else []
+    dp = {m: r.delta_p for m, r in report.ours.items() if m != STL and r.delta_p is not None}
+    if not dp:
+        return lines
+    ranked = sorted(dp, key=lambda m: dp[m].mean, reverse=True)
+    ref = "STL" if report.reference_kind == "ours" else "the published STL row"
+    above = [m for m in ranked if dp[m].mean > 0]
+    n = len(ranked)
+    if not above:
+        lines.append(
+            f"Every multi-task row is below {ref} (Δp < 0 for {'both' if n == 2 else f'all {n}'}): "
+            "none matched "
+            "single-task training on all tasks at once."
+            if n > 1
+            else f"{ranked[0]} is below {ref} (Δp < 0)."
+        )
+    elif len(above) == n:
+        lines.append(
+            f"Every multi-task row is above {ref} (Δp > 0 for {'both' if n == 2 else f'all {n}'})."
+        )
+    else:
+        lines.append(
+            f"{len(above)} of {n} multi-task rows are above {ref} ({', '.join(above)}); "
+            "the others are below."
+        )
+    best = ranked[0]
+    text = f"Best Δp: **{best}**, {_fmt_dp(dp[best])}"
+    if n > 1:
+        second = ranked[1]
+        gap = dp[best].mean - dp[second].mean
+        text += f", {gap:.2f} points ahead of {second} ({_fmt_dp(dp[second])})"
+        if "ew" in dp and "ew" not in (best, second):
+            text += f" and {dp[best].mean - dp['ew'].mean:.2f} ahead of ew ({_fmt_dp(dp['ew'])})"
+        if min(dp[best].n, dp[second].n) > 1:
+            spread = max(dp[best].std, dp[second].std)
+            text += (
+                f"; the lead is larger than the spread over seeds (std ≤ {spread:.2f})"
+                if gap > spread
+                else f"; the lead is within the spread over seeds (std up to {spread:.2f}): "
+                "not a clear win"
+            )
+        else:
+            text += "; one seed each, so no spread over seeds to weigh the lead against"
+    lines.append(text + ".")
+    per_task = report.ours[best].delta_p_per_task
+    if len(per_task) > 1:
+        parts = ", ".join(f"{t} {_fmt_dp(v)}" for t, v in per_task.items())
+        worst = min(per_task, key=lambda t: per_task[t].mean)
+        tail = f": it gives up most on {worst}" if per_task[worst].mean < 0 else ""
+        lines.append(f"{best}'s Δp per task: {parts}{tail}.")
+    return lines
+
+
+def render_markdown(report: Report, *, links: bool = False) -> str:
     """The paper's table layout: one row per method, every task's metrics with ↑/↓, then Δp;
-    ours as mean ± std over seeds, the published row ``<method> (paper)`` right under it."""
+    ours as mean ± std over seeds, the published row ``<method> (paper)`` right under it; then
+    the report in words (:func:`summary_lines`).
+
+    With ``links``, the words come first, each of our rows' method names links to its run (its
+    group run when its seeds share one, else its first run) and a section lists every run, as
+    ``{{run:<spool run id>}}`` placeholders: text for a tracked run's description, where the
+    upload fills in the MLflow UI's addresses (:meth:`mtltrain.tracking.Tracker.set_linked_tags`).
+    """
     lines = [f"# {report.spec_name}: results and Δp", ""]
+    summary = summary_lines(report)
+    if links and summary:  # a run's description shows its first lines: the words go first
+        lines += [f"- {s}" for s in summary] + [""]
     runs = f"{report.n_runs} finished run(s)"
     if report.sources:
         runs += f" from {' and '.join(report.sources)}"
@@ -431,8 +548,11 @@ def render_markdown(report: Report) -> str:
         n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         lines.append(f"- Seeds: {n} per method (the spec asks for {report.spec_seeds})")
     selection = _selection_text(report)
-    if selection:
-        lines.append(f"- Model selection: {selection}")
+    if len(selection) == 1:
+        lines.append(f"- Model selection: {selection[0]}")
+    elif selection:
+        lines.append("- Model selection (the epoch each run reports):")
+        lines += [f"  - {s}" for s in selection]
     if report.paper_source is not None:
         paper = f"- Paper: {report.paper_source}"
         if report.paper_note:
@@ -440,7 +560,7 @@ def render_markdown(report: Report) -> str:
         lines.append(paper)
     lines.append("")
 
-    header, body = _table_rows(report, bold=True)
+    header, body = _table_rows(report, bold=True, link=_run_link if links else None)
     lines += _md_table(header, body, first_left=1)
     legend = (
         "Test metrics, mean ± std over seeds (std omitted for one seed); ↑ higher / ↓ lower "
@@ -449,6 +569,10 @@ def render_markdown(report: Report) -> str:
     if any(p.delta_p is None and p.delta_p_recomputed is not None for p in report.paper.values()):
         legend += " †: not published, computed from the paper's metrics against its STL row."
     lines += ["", legend]
+
+    if summary and not links:
+        lines += ["", "## What it shows", ""]
+        lines += [f"- {s}" for s in summary]
 
     with_tasks = [m for m in report.methods if m in report.ours and report.ours[m].delta_p_per_task]
     if with_tasks and len(report.directions) > 1:
@@ -460,10 +584,37 @@ def render_markdown(report: Report) -> str:
         ]
         lines += _md_table(["Method", *(f"Δp {t}" for t in tasks)], rows, first_left=1)
 
+    if links:
+        listed = [
+            (m, [x for x in report.ours[m].runs if x.spool_run_id])
+            for m in report.methods
+            if m in report.ours
+        ]
+        if any(rs for _, rs in listed):
+            lines += ["", "## Runs", ""]
+            for m, rs in listed:
+                cells = [
+                    f"[seed {x.seed}{' ' + x.stl_task if x.stl_task else ''}]"
+                    f"({_placeholder(x.spool_run_id)})"
+                    for x in rs
+                    if x.spool_run_id
+                ]
+                lines.append(f"- {_name(m)}: {', '.join(cells)}")
+
     if report.notes:
         lines += ["", "## Notes", ""]
         lines += [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
+
+
+def _placeholder(spool_run_id: str) -> str:
+    return "{{run:" + spool_run_id + "}}"
+
+
+def _run_link(r: MethodResult) -> str | None:
+    """Where a row links: its group run, else its first run (spool ids as placeholders)."""
+    target = r.group_run_id or next((x.spool_run_id for x in r.runs if x.spool_run_id), None)
+    return None if target is None else _placeholder(target)
 
 
 def _md_table(header: list[str], body: list[list[str]], *, first_left: int) -> list[str]:

@@ -2,13 +2,18 @@
 
 Every run is tracked with the tags :mod:`mtlbench.report` reads back (``mtlbench.spec``,
 ``mtlbench.method``, ``mtlbench.seed``, ``mtlbench.stl_task``, ``mtlbench.selection``) and logs
-its selected epoch's metrics as ``final/{val,test}/<task>/<metric>``.
+its selected epoch's metrics as ``final.{val,test}.<task>.<metric>``. Every run also records
+where it came from (command line with secrets redacted, git commit, package versions: see
+:mod:`mtltrain.tracking.provenance`), its spec (file and resolved values) and MLflow's system
+metrics; the seeds of each method run under a *group* run for the method (MLflow's parent run),
+which ends with their mean metrics (:mod:`mtlbench.publish` describes what the UI shows).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -19,8 +24,10 @@ import torch
 
 import mtlbalance
 from mtltrain.problem import Problem
+from mtltrain.results import FINAL_TEST_DELTA_P, final_key
 from mtltrain.tracking import Tracker
 from mtltrain.tracking.mlflow_sink import MlflowSink, call_with_deadline, redact_uri
+from mtltrain.tracking.provenance import environment, provenance_tags
 from mtltrain.trainer import (
     FitResult,
     Trainer,
@@ -29,8 +36,18 @@ from mtltrain.trainer import (
 )
 
 from .preflight import check_checkpoints, check_methods, lock_out_dir
+from .publish import DELTA_P_STD, SEEDS, experiment_tags
 from .reference import stl_reference, usable_runs
-from .runs import STL, NoRunsError, RunRecord, collect_runs
+from .runs import (
+    KIND_GROUP,
+    STL,
+    TAG_KIND,
+    TAG_METHOD,
+    TAG_SPEC,
+    NoRunsError,
+    RunRecord,
+    collect_runs,
+)
 from .spec import Spec
 
 __all__ = [
@@ -39,11 +56,27 @@ __all__ = [
     "resolve_device",
     "run_benchmark",
     "run_one",
+    "run_provenance",
     "stl_references",
     "with_epochs",
 ]
 
 Table = dict[str, dict[str, float]]
+
+#: packages whose versions every run records (with python and the problem's own package)
+VERSIONED = ("torch", "mtlbalance", "mtltrain", "mtlbench", "mlflow", "numpy", "polars")
+
+
+def run_provenance(spec: Spec) -> dict[str, str]:
+    """The provenance tags of a run of ``spec`` (:func:`mtltrain.tracking.provenance_tags`):
+    the command, the commit of the code's git work tree, the versions of :data:`VERSIONED`
+    and of the package providing the spec's problem builder."""
+    return provenance_tags(packages=_versioned(spec), code=Path(__file__))
+
+
+def _versioned(spec: Spec) -> list[str]:
+    top = spec.problem.partition(":")[0].partition(".")[0]
+    return list(dict.fromkeys([*VERSIONED, top]))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -100,7 +133,7 @@ def run_benchmark(
     unless ``resume`` (continue them) or ``restart`` (delete them and start over) says what to
     do; one invocation at a time may use ``out_dir``.
 
-    Model selection and ``final/test/delta_p`` use our STL runs as the reference when every
+    Model selection and ``final.test.delta_p`` use our STL runs as the reference when every
     task has one (from this call, or earlier runs of the spec in the same store/spool);
     otherwise selection falls back to each run's first epoch and the test Δp to the spec's
     published STL row (when it has one). Store lookups give up after ``store_timeout``
@@ -119,10 +152,13 @@ def run_benchmark(
         resume=resume,
         restart=restart,
     )
-    with lock_out_dir(out_dir):
+    with lock_out_dir(out_dir), contextlib.ExitStack() as groups_open:
         dev = resolve_device(device)
         problem = build_problem(spec)
         records: list[RunRecord] = []
+        tags = run_provenance(spec)
+        env = environment(packages=_versioned(spec), code=Path(__file__))
+        env_json = json.dumps(env, indent=1, sort_keys=True) + "\n"
         common: dict[str, Any] = {
             "problem": problem,
             "tracking_uri": tracking_uri,
@@ -133,13 +169,27 @@ def run_benchmark(
             "restart": restart,
             "progress": progress,
             "log_every": log_every,
+            "provenance": tags,
+            "environment_json": env_json,
         }
+        groups: dict[str, Tracker] = {}
+
+        def group(method: str) -> str:
+            """The spool run id of ``method``'s group run, started on first use."""
+            if method not in groups:
+                groups[method] = groups_open.enter_context(
+                    _group_tracker(spec, method, seeds, tracking_uri, Path(spool_root), tags)
+                )
+            return groups[method].run_id
+
         for k, (method, seed, task) in enumerate(planned, 1):
             if method != STL:
                 continue
             label = f"run {k} of {len(planned)}, stl ({task}) seed {seed}"
             echo(f"[{spec.name}] {label}")
-            records.append(run_one(spec, STL, seed, stl_task=task, label=label, **common))
+            records.append(
+                run_one(spec, STL, seed, stl_task=task, label=label, parent=group(STL), **common)
+            )
         earlier: list[RunRecord] = []
         if not records:
             earlier = earlier_stl_runs(spec, tracking_uri, spool_root, timeout=store_timeout)
@@ -163,10 +213,68 @@ def run_benchmark(
                     label=label,
                     val_reference=val_ref,
                     test_reference=test_ref,
+                    parent=group(method),
                     **common,
                 )
             )
+        _close_groups(spec, groups, records + earlier)
     return records + earlier
+
+
+def _group_tracker(
+    spec: Spec,
+    method: str,
+    seeds: Sequence[int],
+    tracking_uri: str | None,
+    spool_root: Path,
+    provenance: dict[str, str],
+) -> Tracker:
+    """The group run of ``method``: the parent of its seed runs in this invocation."""
+    tracker = Tracker(
+        spec.experiment,
+        spool_root=spool_root,
+        tracking_uri=tracking_uri,
+        run_name=method,
+        tags={**provenance, TAG_SPEC: spec.name, TAG_METHOD: method, TAG_KIND: KIND_GROUP},
+        experiment_tags=experiment_tags(spec),
+    )
+    tracker.log_params({"method": method, "seeds": " ".join(str(s) for s in seeds)})
+    return tracker
+
+
+def _close_groups(spec: Spec, groups: Mapping[str, Tracker], runs: Sequence[RunRecord]) -> None:
+    """Log each group's mean metrics over its seeds (the report's numbers for its row:
+    ``final.test.<task>.<metric>``, ``final.test.delta_p`` and its std, ``final.seeds``) and a
+    description linking to its runs; the groups are closed by the caller."""
+    from .report import build_report
+
+    report = build_report(spec, runs)
+    for method, tracker in groups.items():
+        row = report.ours.get(method)
+        mine = [
+            r for r in (row.runs if row is not None else ()) if r.parent_run_id == tracker.run_id
+        ]
+        if row is None or not mine:
+            continue
+        values = {
+            final_key("test", t, m): s.mean for t, ms in row.metrics.items() for m, s in ms.items()
+        }
+        values[SEEDS] = float(len(row.seeds))
+        if row.delta_p is not None:  # the STL row's is 0 up to rounding: no -2.6e-15 shown
+            values[FINAL_TEST_DELTA_P] = round(row.delta_p.mean, 10) + 0.0
+            values[DELTA_P_STD] = round(row.delta_p.std, 10) + 0.0
+        tracker.log_metrics(values, step=0)
+        seeds = ", ".join(
+            f"[seed {r.seed}{' ' + r.stl_task if r.stl_task else ''}]({{{{run:{r.run_id}}}}})"
+            for r in mine
+        )
+        what = "single-task runs" if method == STL else f"`{method}`"
+        tracker.set_linked_tags(
+            {
+                "mlflow.note.content": f"{what} on `{spec.name}`: the mean over its runs "
+                f"({seeds}); Δp against {report.reference_label}."
+            }
+        )
 
 
 def checkpoint_path(spec: Spec, out_dir: Path, method: str, seed: int, task: str | None) -> Path:
@@ -235,11 +343,16 @@ def run_one(
     progress: bool | None = None,
     log_every: int = 50,
     label: str | None = None,
+    parent: str | None = None,
+    provenance: Mapping[str, str] | None = None,
+    environment_json: str | None = None,
 ) -> RunRecord:
     """Train one (method, seed[, STL task]) run of ``spec`` and return its record.
 
     An earlier checkpoint of the run is continued with ``resume``, deleted with ``restart``,
-    and otherwise an error (never silently overwritten)."""
+    and otherwise an error (never silently overwritten). ``parent``: the spool run id of its
+    group run; ``provenance``: tags saying where it came from (:func:`run_provenance`);
+    ``environment_json``: the text of its ``environment.json`` (made once per invocation)."""
     train = spec.train
     run_name = _run_name(method, seed, stl_task)
     ckpt_dir = checkpoint_path(spec, out_dir, method, seed, stl_task)
@@ -266,7 +379,13 @@ def run_one(
     balancer = mtlbalance.make(method, params.shared, params.tasks, **options)
     optimizer = _optimizer(spec, [*model.parameters(), *balancer.parameters()])
     scheduler = _scheduler(spec, optimizer)
-    tags = {"mtlbench.spec": spec.name, "mtlbench.method": method, "mtlbench.seed": str(seed)}
+    tags = {
+        **(provenance or {}),
+        "mtlbench.spec": spec.name,
+        "mtlbench.method": method,
+        "mtlbench.seed": str(seed),
+        "mlflow.note.content": _run_note(spec, method, seed, stl_task),
+    }
     if stl_task is not None:
         tags["mtlbench.stl_task"] = stl_task
     config = {
@@ -288,11 +407,20 @@ def run_one(
         tags=tags,
         log_every=log_every,
         resume=resume_id,
+        parent=parent,
+        experiment_tags=experiment_tags(spec),
+        system_metrics=True,
     )
     with tracker:
         if resume_id is None:
             tracker.log_params(config)
             tracker.log_dict(config, "config.json")
+            if spec.path is not None and spec.path.is_file():
+                tracker.log_artifact(spec.path, "spec")
+        else:  # a resumed run: where it came from this time
+            tracker.set_tags(dict(provenance or {}))
+        if environment_json is not None:
+            tracker.log_text(environment_json, "environment.json")
         trainer = Trainer(
             model,
             problem.tasks,
@@ -323,12 +451,33 @@ def run_one(
             resume=resume,
         )
         tracker.set_tags({"mtlbench.selection": result.selection})
-        tracker.log_metrics({"final/seconds": time.time() - start}, step=0)
-        return _record(tracker.run_id, method, seed, stl_task, result, int(start * 1000))
+        tracker.log_metrics({"final.seconds": time.time() - start}, step=0)
+        return _record(
+            tracker.run_id, method, seed, stl_task, result, int(start * 1000), tracker.parent
+        )
+
+
+def _run_note(spec: Spec, method: str, seed: int, stl_task: str | None) -> str:
+    """A run's description (Markdown, shown on its page)."""
+    what = f"single-task run for `{stl_task}`" if stl_task else f"`{method}`"
+    return (
+        f"{what}, seed {seed}, on `{spec.name}`: {spec.description}\n\n"
+        "Curves per task: `train/<loss|grad_norm|weight>/<task>` per step, `val/<task>/...` "
+        "and `test/<task>/...` per epoch (Model metrics; `plots/` has them on log axes). The "
+        "selected epoch's values: `final.*`. Where it came from: the tags `mtltrain.command`, "
+        "`mlflow.source.git.commit`, `versions.*`; the artifacts `config.json`, `spec/`, "
+        "`environment.json`."
+    )
 
 
 def _record(
-    run_id: str, method: str, seed: int, stl_task: str | None, result: FitResult, start_ms: int
+    run_id: str,
+    method: str,
+    seed: int,
+    stl_task: str | None,
+    result: FitResult,
+    start_ms: int,
+    parent: str | None = None,
 ) -> RunRecord:
     tasks = [stl_task] if stl_task is not None else None
 
@@ -349,6 +498,8 @@ def _record(
         status="FINISHED",
         selection=result.selection,
         epoch=result.best_epoch,
+        spool_run_id=run_id,
+        parent_run_id=parent,
     )
 
 

@@ -1,8 +1,14 @@
 """The runs of a benchmark as ``mtlbench run`` records them and everything else reads them back.
 
 Each run is tracked with the tags below and ends with the selected epoch's metrics,
-``final/{val,test}/<task>/<metric>`` and ``final/epoch`` (named by :mod:`mtltrain.results`,
-which writes them). :func:`collect_runs` reads them from MLflow or from the local spool.
+``final.{val,test}.<task>.<metric>`` and ``final.epoch`` (named by :mod:`mtltrain.results`,
+which writes them; runs tracked before they were renamed have ``final/...``, read too).
+:func:`collect_runs` reads them from MLflow or from the local spool.
+
+Besides the training runs, ``mtlbench`` tracks two kinds of run of its own, tagged
+``mtlbench.kind``: a ``group`` run per method and invocation, the parent of that method's
+seed runs (its metrics are their mean), and a ``report`` run holding the report. Neither is a
+result of its own: :func:`collect_runs` leaves them out.
 """
 
 from __future__ import annotations
@@ -14,11 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtltrain.results import FINAL_EPOCH, final_key
+from mtltrain.tracking.mlflow_sink import PARENT_RUN_TAG, SPOOL_RUN_ID_TAG
 
 from .spec import Spec
 
 __all__ = [
+    "KIND_GROUP",
+    "KIND_REPORT",
     "STL",
+    "TAG_KIND",
     "TAG_METHOD",
     "TAG_SEED",
     "TAG_SELECTION",
@@ -36,6 +46,11 @@ TAG_METHOD = "mtlbench.method"
 TAG_SEED = "mtlbench.seed"
 TAG_STL_TASK = "mtlbench.stl_task"
 TAG_SELECTION = "mtlbench.selection"
+#: what an mtlbench run that is not a training run is (absent on training runs)
+TAG_KIND = "mtlbench.kind"
+KIND_GROUP = "group"
+KIND_REPORT = "report"
+_LEGACY_FINAL_EPOCH = "final/epoch"  # FINAL_EPOCH's name before it lost its slash
 
 Table = dict[str, dict[str, float]]
 """task -> metric -> value"""
@@ -51,7 +66,10 @@ class RunRecord:
     """One benchmark run as read back from MLflow or the spool.
 
     ``test`` / ``val`` hold the run's final metrics (task -> metric -> value; an STL run has
-    only its own task). Only ``status == "FINISHED"`` runs count in a report.
+    only its own task). Only ``status == "FINISHED"`` runs count in a report. ``run_id`` is
+    the id where the run was read (the store's, or the spool's); ``spool_run_id`` the spool's
+    (what a report links by, see :mod:`mtltrain.tracking.mlflow_sink`), ``parent_run_id`` its
+    group run's id where it was read.
     """
 
     run_id: str
@@ -65,6 +83,8 @@ class RunRecord:
     status: str = "FINISHED"
     selection: str | None = None
     epoch: int | None = None
+    spool_run_id: str | None = None
+    parent_run_id: str | None = None
 
     @property
     def key(self) -> tuple[str, int, str | None]:
@@ -140,7 +160,7 @@ def _collect_mlflow(spec: Spec, tracking_uri: str) -> list[RunRecord]:
         )
         for run in page:
             tags = dict(run.data.tags)
-            if tags.get(TAG_SPEC) != spec.name:
+            if tags.get(TAG_SPEC) != spec.name or tags.get(TAG_KIND):
                 continue
             record = _record(
                 spec,
@@ -151,6 +171,8 @@ def _collect_mlflow(spec: Spec, tracking_uri: str) -> list[RunRecord]:
                 status=run.info.status,
                 source="mlflow",
                 where=f"MLflow run {run.info.run_id} in {shown}",
+                spool_run_id=tags.get(SPOOL_RUN_ID_TAG),
+                parent_run_id=tags.get(PARENT_RUN_TAG),
             )
             if record is not None:
                 records.append(record)
@@ -178,7 +200,7 @@ def _collect_spool(spec: Spec, root: Path) -> list[RunRecord]:
         spool = RunSpool.open(run_dir)
         meta = spool.meta
         tags = {str(k): str(v) for k, v in (meta.get("tags") or {}).items()}
-        if tags.get(TAG_SPEC) != spec.name:
+        if tags.get(TAG_SPEC) != spec.name or tags.get(TAG_KIND):
             continue
         latest: dict[str, tuple[int, int, float]] = {}
         for rec in spool.read_metrics():  # MLflow's "latest": largest step, then timestamp
@@ -194,6 +216,8 @@ def _collect_spool(spec: Spec, root: Path) -> list[RunRecord]:
             status=str(meta.get("status")),
             source="spool",
             where=f"spooled run {run_dir}",
+            spool_run_id=spool.run_id,
+            parent_run_id=spool.parent_run_id,
         )
         if record is not None:
             records.append(record)
@@ -214,6 +238,8 @@ def _record(
     status: str,
     source: str,
     where: str,
+    spool_run_id: str | None = None,
+    parent_run_id: str | None = None,
 ) -> RunRecord | None:
     method = tags.get(TAG_METHOD)
     seed_text = tags.get(TAG_SEED)
@@ -230,7 +256,7 @@ def _record(
             stacklevel=4,
         )
         return None
-    epoch = metrics.get(FINAL_EPOCH)
+    epoch = metrics.get(FINAL_EPOCH, metrics.get(_LEGACY_FINAL_EPOCH))
     return RunRecord(
         run_id=run_id,
         method=method,
@@ -243,15 +269,19 @@ def _record(
         status=status,
         selection=tags.get(TAG_SELECTION),
         epoch=None if epoch is None or not math.isfinite(epoch) else int(epoch),
+        spool_run_id=spool_run_id,
+        parent_run_id=parent_run_id,
     )
 
 
 def _final(spec: Spec, metrics: Mapping[str, float], split: str) -> Table:
-    """``final/<split>/<task>/<metric>`` of every task/metric of the spec that the run has."""
+    """``final.<split>.<task>.<metric>`` of every task/metric of the spec that the run has."""
     out: Table = {}
     for task, names in spec.tasks.items():
         for metric in names:
             value = metrics.get(final_key(split, task, metric))
+            if value is None:  # a run tracked before the final.* keys lost their slashes
+                value = metrics.get(f"final/{split}/{task}/{metric}")
             if value is not None:
                 out.setdefault(task, {})[metric] = float(value)
     return out

@@ -33,6 +33,9 @@ for that data set. Example::
     [method_options.dbmtl]  # hyperparameters for mtlbalance.make(method, ...)
     beta = 0.9
 
+    [report]  # optional: the spec's own words for its report (what its results mean)
+    note = "The tasks' loss scales conflict on purpose: multi-task rows below STL are expected."
+
     [paper]  # optional: published numbers in the same metrics and units
     source = "Table 2 of Lin et al."
     [paper.results.stl.click]
@@ -133,6 +136,7 @@ class Spec:
     method_options: dict[str, dict[str, Any]]
     paper: PaperTable | None
     seeds: int = 1
+    report_note: str = ""
 
     @property
     def experiment(self) -> str:
@@ -264,7 +268,7 @@ def parse_spec(raw: Mapping[str, Any], *, path: Path | None = None) -> Spec:
     where = str(path) if path is not None else "spec"
     known = {
         "name", "description", "problem", "data", "model", "train", "tasks", "methods",
-        "method_options", "paper", "seeds",
+        "method_options", "paper", "seeds", "report",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -296,7 +300,21 @@ def parse_spec(raw: Mapping[str, Any], *, path: Path | None = None) -> Spec:
         method_options={k: dict(v) for k, v in options.items()},
         paper=_paper(raw.get("paper"), tasks, where),
         seeds=seeds,
+        report_note=_report_note(raw.get("report"), where),
     )
+
+
+def _report_note(raw: Any, where: str) -> str:
+    """``[report] note = "..."``: a sentence the report prints before its own words."""
+    if raw is None:
+        return ""
+    if not isinstance(raw, dict) or set(raw) - {"note"}:
+        keys = sorted(raw) if isinstance(raw, dict) else raw
+        raise ValueError(f'{where}: [report] takes only note = "...", not {keys!r}')
+    note = raw.get("note", "")
+    if not isinstance(note, str):
+        raise ValueError(f"{where}: report.note must be a string, not {note!r}")
+    return note.strip()
 
 
 def _req(raw: Mapping[str, Any], key: str, kind: type, where: str) -> Any:

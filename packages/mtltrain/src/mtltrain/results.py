@@ -1,5 +1,14 @@
 """What training gives back, and how it is recorded: per-epoch and final results, and the
-``final/...`` metric keys a tracked run ends with (read back by ``mtlbench report``)."""
+``final.*`` metric keys a tracked run ends with (read back by ``mtlbench report``).
+
+The selected epoch's single values are named with dots, not slashes: ``final.test.<task>.
+<metric>``, ``final.epoch``, ``final.test.delta_p``. The MLflow UI puts a run's charts in
+sections named by a key's part before its last '/', in alphabetical order, and keys without a
+'/' in its last section; so a run's page shows the per-task curves (``train/...``,
+``val/...``, ``test/...``) first and these single values last. (Until this version they were
+``final/<split>/<task>/<metric>``, ``final/epoch``, ``final/test/delta_p``; ``mtlbench``
+reads both.)
+"""
 
 from __future__ import annotations
 
@@ -20,14 +29,14 @@ __all__ = [
 
 FINAL_PREFIX = "final"
 #: the selected epoch (0-based), logged at step 0
-FINAL_EPOCH = f"{FINAL_PREFIX}/epoch"
+FINAL_EPOCH = f"{FINAL_PREFIX}.epoch"
 #: test Δp of the selected epoch against the test reference, when there is one
-FINAL_TEST_DELTA_P = f"{FINAL_PREFIX}/test/delta_p"
+FINAL_TEST_DELTA_P = f"{FINAL_PREFIX}.test.delta_p"
 
 
 def final_key(split: str, task: str, metric: str) -> str:
-    """The key of a selected-epoch metric: ``final/<split>/<task>/<metric>``."""
-    return f"{FINAL_PREFIX}/{split}/{task}/{metric}"
+    """The key of a selected-epoch metric: ``final.<split>.<task>.<metric>``."""
+    return f"{FINAL_PREFIX}.{split}.{task}.{metric}"
 
 
 @dataclass
@@ -71,7 +80,7 @@ class FitResult:
 
 
 def final_metrics(result: FitResult, tasks: Sequence[str]) -> dict[str, float]:
-    """The ``final/...`` metrics of ``result`` for ``tasks`` (what a tracked run ends with)."""
+    """The ``final.*`` metrics of ``result`` for ``tasks`` (what a tracked run ends with)."""
     final: dict[str, float] = {FINAL_EPOCH: float(result.best_epoch)}
     for split, metrics in (("val", result.val), ("test", result.test)):
         if metrics is None:

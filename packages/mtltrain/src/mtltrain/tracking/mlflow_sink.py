@@ -25,6 +25,22 @@ progress in the run's ``synced.json`` after every batch::
 So an upload cut off anywhere (server down, DB locked, process killed) resumes with the
 remainder, and a second upload of a complete run sends nothing. If ``synced.json`` is lost, the
 MLflow run is found again by its ``mtltrain.spool_run_id`` tag.
+
+Runs name each other by spool run id (:mod:`.spool`); here those names become the store's:
+
+- a run's parent (``parent_run_id`` in its meta.json) becomes MLflow's ``mlflow.parentRunId``
+  tag, so the UI nests the run under it. A parent not in the store yet is uploaded first
+  (from the same spool root), else looked up by its ``mtltrain.spool_run_id`` tag;
+- every ``{{run:<spool run id>}}`` in a linked tag becomes the address of that run's page in
+  the MLflow UI (``#/experiments/<id>/runs/<run id>``, relative to the UI's root, as Markdown
+  in a run's description links); a run the store does not have yet becomes a link to a search
+  for its ``mtltrain.spool_run_id``, which finds it once it is uploaded, and the tag is
+  rewritten with the direct link on a later upload;
+- experiment tags (meta.json ``experiment_tags``) are set on the experiment where it does not
+  have them yet: a description edited in the UI is kept.
+
+So parents and links come out right whether a run is uploaded live, by ``sync`` after the
+store was down, or from a copy of the spool on another machine.
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import threading
 import urllib.error
 import urllib.parse
@@ -42,9 +59,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .spool import TERMINAL_STATUSES, RunSpool, iter_jsonl, metric_record, param_record
+from .spool import (
+    META_FILE,
+    RUN_REF_RE,
+    TERMINAL_STATUSES,
+    RunSpool,
+    iter_jsonl,
+    metric_record,
+    param_record,
+)
 
 __all__ = [
+    "PARENT_RUN_TAG",
     "SPOOL_RUN_ID_TAG",
     "MlflowSink",
     "StoreTimeout",
@@ -55,10 +81,31 @@ __all__ = [
     "redact_uri",
     "sqlite_path",
     "store_key",
+    "ui_run_path",
+    "ui_runs_path",
 ]
 
 #: MLflow run tag holding the spool's run id (finds the MLflow run again without synced.json).
 SPOOL_RUN_ID_TAG = "mtltrain.spool_run_id"
+#: MLflow's tag naming a run's parent run (the UI nests the run under it).
+PARENT_RUN_TAG = "mlflow.parentRunId"
+#: The MLflow 3 UI shows an experiment as GenAI or model training after this URL parameter
+#: (else after the GenAI / Model training switch it remembers per browser, GenAI at first).
+_UI_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_run_path(experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI, relative to the UI's root (``http://host:5000/``)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{_UI_TRAINING_VIEW}"
+
+
+def ui_runs_path(experiment_id: str, query: str = "") -> str:
+    """An experiment's runs table in the MLflow UI, relative to the UI's root; ``query``
+    (URL-encoded ``key=value`` pairs joined by ``&``) adds the table's URL state, e.g.
+    ``viewStateShareKey=...`` or ``searchFilter=...``."""
+    extra = f"&{query}" if query else ""
+    return f"#/experiments/{experiment_id}/runs?{_UI_TRAINING_VIEW}{extra}"
+
 
 # MLflow's log_batch limits (mlflow/utils/validation.py).
 _PARAMS_PER_BATCH = 100
@@ -197,9 +244,15 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return None if db is None else (db.absolute().parent / "mlartifacts").as_uri()
 
 
+#: Held while a thread imports mlflow: the upload thread and the system-metrics thread may
+#: start at the same moment, and two threads importing one package tree can deadlock.
+MLFLOW_IMPORT_LOCK = threading.Lock()
+
+
 def _import_mlflow_client() -> Any:
     try:
-        from mlflow.tracking import MlflowClient
+        with MLFLOW_IMPORT_LOCK:
+            from mlflow.tracking import MlflowClient
     except ImportError as e:
         raise ImportError(
             f"MLflow is not installed ({e}): install it with `pip install 'mtltrain[mlflow]'` "
@@ -236,6 +289,8 @@ class MlflowSink:
         self.probe_timeout = float(probe_timeout)
         self._client: Any = None
         self._experiments: dict[str, str] = {}
+        self._resolved: dict[str, tuple[str, str]] = {}  # spool run id -> (experiment, run)
+        self._visiting: set[str] = set()  # runs being uploaded up the call stack
 
     def client(self) -> Any:
         """The MlflowClient for this store (imports mlflow on first use)."""
@@ -328,41 +383,137 @@ class MlflowSink:
     def _upload(
         self, client: Any, spool: RunSpool, experiment: str | None, running_status: str | None
     ) -> str:
-        with spool.sync_lock():
-            states = spool.read_sync_states()
-            key = store_key(self.tracking_uri)
-            if self.tracking_uri in states and key != self.tracking_uri:
-                states[key] = states.pop(self.tracking_uri)  # written before URIs were redacted
-                spool.write_sync_states(states)
-            state = states.setdefault(key, {})
+        self._visiting.add(spool.run_id)
+        try:
+            with spool.sync_lock():
+                return self._upload_locked(client, spool, experiment, running_status)
+        finally:
+            self._visiting.discard(spool.run_id)
 
-            def save() -> None:
-                spool.write_sync_states(states)
+    def _upload_locked(
+        self, client: Any, spool: RunSpool, experiment: str | None, running_status: str | None
+    ) -> str:
+        states = spool.read_sync_states()
+        key = store_key(self.tracking_uri)
+        if self.tracking_uri in states and key != self.tracking_uri:
+            states[key] = states.pop(self.tracking_uri)  # written before URIs were redacted
+            spool.write_sync_states(states)
+        state = states.setdefault(key, {})
 
-            meta = spool.reload_meta()
+        def save() -> None:
+            spool.write_sync_states(states)
+
+        meta = spool.reload_meta()
+        if not state.get("run_id"):
+            run_id, experiment_id = self._find_or_create_run(client, spool, meta, experiment)
+            state.clear()
+            state.update(
+                run_id=run_id,
+                experiment_id=experiment_id,
+                params_lines=0,
+                params_offset=0,
+                metrics_lines=0,
+                metrics_offset=0,
+                tags={},
+                artifacts={},
+                status="RUNNING",
+                end_time=None,
+            )
+            save()
+        run_id = str(state["run_id"])
+        experiment_id = str(state["experiment_id"])
+        self._resolved[spool.run_id] = (experiment_id, run_id)
+        self._upload_experiment_tags(client, experiment_id, spool, state, save)
+        tags = self._run_tags(client, spool, meta, experiment_id, experiment)
+        self._upload_tags(client, run_id, tags, state, save)
+        self._upload_lines(client, spool.params_path, "params", state, save, self._params)
+        self._upload_lines(client, spool.metrics_path, "metrics", state, save, self._metrics)
+        self._upload_artifacts(client, spool, state, save)
+        self._upload_status(client, spool, meta, running_status, state, save)
+        return run_id
+
+    # ----------------------------------------------------------------- runs naming runs
+    def _run_tags(
+        self,
+        client: Any,
+        spool: RunSpool,
+        meta: dict[str, Any],
+        experiment_id: str,
+        experiment: str | None,
+    ) -> dict[str, str]:
+        """The run's tags as the store gets them: its own, its parent's id in this store, and
+        its linked tags with their links filled in (see the module doc)."""
+        tags = dict(meta["tags"])
+        parent = spool.parent_run_id
+        if parent is not None:
+            found = self._resolve(client, spool.dir.parent, parent, experiment_id, experiment)
+            if found is not None:
+                tags[PARENT_RUN_TAG] = found[1]
+
+        def link(match: re.Match[str]) -> str:
+            ref = match.group(1)
+            found = self._resolve(client, spool.dir.parent, ref, experiment_id, experiment)
+            if found is not None:
+                return ui_run_path(*found)
+            query = f"tags.`{SPOOL_RUN_ID_TAG}` = '{ref}'"
+            return ui_runs_path(experiment_id, "searchFilter=" + urllib.parse.quote(query))
+
+        for key, template in spool.linked_tags.items():
+            tags[key] = RUN_REF_RE.sub(link, template)
+        return tags
+
+    def _resolve(
+        self,
+        client: Any,
+        spool_root: Path,
+        ref: str,
+        experiment_id: str,
+        experiment: str | None,
+    ) -> tuple[str, str] | None:
+        """(experiment id, run id) in this store of the spooled run ``ref``, uploading it
+        first when it lies under ``spool_root`` and was never uploaded here; else found by its
+        spool-id tag in ``experiment_id``; None when the store does not have it (yet)."""
+        if ref in self._resolved:
+            return self._resolved[ref]
+        run_dir = spool_root / ref
+        if (run_dir / META_FILE).is_file() and ref not in self._visiting:
+            other = RunSpool.open(run_dir)
+            state = other.read_sync_states().get(store_key(self.tracking_uri), {})
             if not state.get("run_id"):
-                run_id, experiment_id = self._find_or_create_run(client, spool, meta, experiment)
-                state.clear()
-                state.update(
-                    run_id=run_id,
-                    experiment_id=experiment_id,
-                    params_lines=0,
-                    params_offset=0,
-                    metrics_lines=0,
-                    metrics_offset=0,
-                    tags={},
-                    artifacts={},
-                    status="RUNNING",
-                    end_time=None,
-                )
-                save()
-            run_id = str(state["run_id"])
-            self._upload_tags(client, run_id, meta["tags"], state, save)
-            self._upload_lines(client, spool.params_path, "params", state, save, self._params)
-            self._upload_lines(client, spool.metrics_path, "metrics", state, save, self._metrics)
-            self._upload_artifacts(client, spool, state, save)
-            self._upload_status(client, spool, meta, running_status, state, save)
-            return run_id
+                self._upload(client, other, experiment, None)  # leaves its status as it is
+                state = other.read_sync_states().get(store_key(self.tracking_uri), {})
+            if state.get("run_id") and state.get("experiment_id"):
+                found = (str(state["experiment_id"]), str(state["run_id"]))
+                self._resolved[ref] = found
+                return found
+        runs = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{SPOOL_RUN_ID_TAG}` = '{ref}'", max_results=1
+        )
+        if runs:
+            found = (str(runs[0].info.experiment_id), str(runs[0].info.run_id))
+            self._resolved[ref] = found
+            return found
+        return None
+
+    @staticmethod
+    def _upload_experiment_tags(
+        client: Any,
+        experiment_id: str,
+        spool: RunSpool,
+        state: dict[str, Any],
+        save: Callable[[], None],
+    ) -> None:
+        """Set the run's experiment tags the experiment does not have yet (its own win)."""
+        done = state.setdefault("experiment_tags", {})
+        pending = {k: v for k, v in spool.experiment_tags.items() if done.get(k) != v}
+        if not pending:
+            return
+        have = client.get_experiment(experiment_id).tags
+        for k, v in sorted(pending.items()):
+            if k not in have:
+                client.set_experiment_tag(experiment_id, k, v)
+            done[k] = v
+        save()
 
     def _experiment_id(self, client: Any, name: str) -> str:
         if name in self._experiments:

@@ -5,12 +5,20 @@ One directory per run under a spool root (default ``./mtlruns-spool``)::
 
     <root>/<run_id>/
         meta.json       experiment, run name, tags, start/end time (ms), status, pid, host;
-                        replaced atomically on every change
+                        optional: the parent run (a spool run id), experiment tags, and
+                        tags that link to other spooled runs (see below); replaced atomically
+                        on every change
         params.jsonl    {"key": ..., "value": ...}                          one param a line
         metrics.jsonl   {"key": ..., "value": ..., "step": ..., "timestamp": ...}  one value a line
         artifacts/      files copied in, keeping their relative artifact paths
         synced.json     per tracking URI: the MLflow run id and how much has been uploaded
                         (written by the uploader, see :mod:`.mlflow_sink`)
+
+Runs refer to each other by spool run id, never by a store's id: the id a tracking store gives a
+run is known only once it is uploaded (maybe much later, by ``sync``), and differs per store. A
+run's ``parent_run_id`` names its parent (a run of the same spool root); ``linked_tags`` are tag
+values with ``{{run:<spool run id>}}`` placeholders (a Markdown table linking to runs, say); the
+uploader turns both into the store's ids and links when it uploads (:mod:`.mlflow_sink`).
 
 The ``.jsonl`` files are append-only and flushed to the OS on every write, so a killed process
 loses at most the line it was writing; readers stop before an incomplete last line. Keys follow
@@ -42,6 +50,7 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_TAG_VALUE_LENGTH",
+    "RUN_REF_RE",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "MetricRecord",
@@ -65,6 +74,11 @@ TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
+MAX_EXPERIMENT_TAG_VALUE_LENGTH = 20000
+#: a ``{{run:<spool run id>}}`` placeholder in a linked tag (see the module doc)
+RUN_REF_RE = re.compile(r"\{\{run:([0-9A-Za-z_\-]+)\}\}")
+#: what a placeholder may grow to once replaced by a link (``#/experiments/.../runs/<id>?...``)
+RUN_REF_BUDGET = 200
 _KEY_RE = re.compile(r"^[/\w.\- :]*$")
 _KEY_CHAR_RE = re.compile(r"[/\w.\- :]")
 
@@ -302,13 +316,25 @@ class RunSpool:
         experiment: str,
         run_name: str | None = None,
         tags: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        experiment_tags: Mapping[str, Any] | None = None,
     ) -> RunSpool:
-        """Start a new run directory under ``root`` (created if missing), status RUNNING."""
+        """Start a new run directory under ``root`` (created if missing), status RUNNING.
+
+        ``parent`` is the spool run id of this run's parent (a run under the same root);
+        ``experiment_tags`` are set on the experiment when the run is uploaded, where the
+        experiment does not have them yet (a user's edits in the store win)."""
         if not isinstance(experiment, str) or not experiment.strip():
             raise ValueError(f"experiment must be a non-empty name, not {experiment!r}")
         if run_name is not None and not isinstance(run_name, str):
             raise TypeError(f"run_name must be a str or None, not {type(run_name).__name__}")
         clean_tags = _validate_tags(tags or {})
+        clean_exp_tags = _validate_tags(
+            experiment_tags or {}, MAX_EXPERIMENT_TAG_VALUE_LENGTH, "experiment tag"
+        )
+        root = Path(root).absolute()
+        if parent is not None:
+            _check_run_ref(root, parent, "parent")
         root = Path(root).absolute()
         root.mkdir(parents=True, exist_ok=True)
         start = now_ms()
@@ -323,6 +349,9 @@ class RunSpool:
             "experiment": experiment,
             "run_name": run_name,
             "tags": clean_tags,
+            "parent_run_id": parent,
+            "experiment_tags": clean_exp_tags,
+            "linked_tags": {},
             "start_time": start,
             "end_time": None,
             "status": "RUNNING",
@@ -466,6 +495,57 @@ class RunSpool:
         if clean:
             self._meta["tags"].update(clean)
             _write_json_atomic(self.dir / META_FILE, self._meta)
+
+    def set_linked_tags(self, tags: Mapping[str, str]) -> None:
+        """Set (or overwrite) tags whose values link to other spooled runs: every
+        ``{{run:<spool run id>}}`` in a value becomes that run's address in the store when the
+        run is uploaded (see the module doc). The runs named must lie under the same spool root
+        (or be in the store already, uploaded from elsewhere)."""
+        self._check_writable()
+        clean: dict[str, str] = {}
+        for key, value in tags.items():
+            validate_key(key, "tag")
+            if not isinstance(value, str):
+                raise TypeError(f"linked tag {key!r} must be a str, not {type(value).__name__}")
+            refs = RUN_REF_RE.findall(value)
+            longest = len(RUN_REF_RE.sub("", value)) + RUN_REF_BUDGET * len(refs)
+            if longest > MAX_TAG_VALUE_LENGTH:
+                raise ValueError(
+                    f"linked tag {key!r} may grow to {longest} characters once its {len(refs)} "
+                    f"link(s) are filled in; MLflow allows at most {MAX_TAG_VALUE_LENGTH}: shorten "
+                    "it, or log the text as an artifact"
+                )
+            clean[key] = value
+        if clean:
+            self._meta.setdefault("linked_tags", {}).update(clean)
+            _write_json_atomic(self.dir / META_FILE, self._meta)
+
+    def set_parent(self, parent: str | None) -> None:
+        """Make ``parent`` (a spool run id under the same root, or None) this run's parent: a
+        resumed run joins the group of the invocation that resumed it."""
+        self._check_writable()
+        if parent is not None:
+            _check_run_ref(self.dir.parent, parent, "parent")
+            if parent == self.run_id:
+                raise ValueError(f"run {self.run_id} cannot be its own parent")
+        self._meta["parent_run_id"] = parent
+        _write_json_atomic(self.dir / META_FILE, self._meta)
+
+    @property
+    def parent_run_id(self) -> str | None:
+        """The spool run id of this run's parent (None for a top-level run)."""
+        parent = self._meta.get("parent_run_id")
+        return parent if isinstance(parent, str) and parent else None
+
+    @property
+    def experiment_tags(self) -> dict[str, str]:
+        tags = self._meta.get("experiment_tags")
+        return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+
+    @property
+    def linked_tags(self) -> dict[str, str]:
+        tags = self._meta.get("linked_tags")
+        return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
 
     def log_artifact(
         self, local_path: str | os.PathLike[str], artifact_path: str | None
@@ -639,17 +719,36 @@ class RunSpool:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _validate_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+def _validate_tags(
+    tags: Mapping[str, Any], max_length: int = MAX_TAG_VALUE_LENGTH, kind: str = "tag"
+) -> dict[str, str]:
     if not isinstance(tags, Mapping):
-        raise TypeError(f"tags must be a mapping of str to str, not {type(tags).__name__}")
+        raise TypeError(f"{kind}s must be a mapping of str to str, not {type(tags).__name__}")
     out: dict[str, str] = {}
     for key, value in tags.items():
         validate_key(key, "tag")
         text = value if isinstance(value, str) else str(value)
-        if len(text) > MAX_TAG_VALUE_LENGTH:
+        if len(text) > max_length:
             raise ValueError(
-                f"tag {key!r} is {len(text)} characters long; MLflow allows at most "
-                f"{MAX_TAG_VALUE_LENGTH}: log it as an artifact instead"
+                f"{kind} {key!r} is {len(text)} characters long; MLflow allows at most "
+                f"{max_length}: log it as an artifact instead"
             )
         out[key] = text
     return out
+
+
+_RUN_ID_RE = re.compile(r"^[0-9A-Za-z_\-]+$")
+
+
+def _check_run_ref(root: Path, run_id: object, what: str) -> str:
+    """``run_id`` if it names a spooled run directly under ``root``; else a ValueError."""
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+        raise ValueError(
+            f"{what} must be a spool run id (like '20260101-120000-ab12cd34'), not {run_id!r}"
+        )
+    if not (root / run_id / META_FILE).is_file():
+        raise ValueError(
+            f"{what} run {run_id!r} is not a spooled run under {root}: a run's {what} must be "
+            "spooled under the same spool root"
+        )
+    return run_id

@@ -38,6 +38,7 @@ from .spool import (
     now_ms,
     validate_key,
 )
+from .system_metrics import SYSTEM_PREFIX, SystemMetricsSampler, default_interval
 from .uploader import Uploader
 
 if TYPE_CHECKING:
@@ -101,8 +102,21 @@ class Tracker:
             run is complete in the spool and a :class:`TrackingWarning` says to sync.
         resume: the id of a spooled run under ``spool_root`` to continue (a training run
             resumed from its checkpoint): records are appended to it, and the store's copy of
-            the run (the same MLflow run) gets them on the next upload. ``run_name`` and
-            ``tags`` are ignored then.
+            the run (the same MLflow run) gets them on the next upload. ``run_name``, ``tags``
+            and ``experiment_tags`` are ignored then.
+        parent: the :attr:`run_id` of this run's parent, a run under the same ``spool_root``
+            (the seeds of one method under a run for the method, say). MLflow's UI nests the
+            run under it; the store's id of the parent is filled in at upload, so this works
+            for live uploads, a later ``sync`` and other stores alike.
+        experiment_tags: tags for the experiment (``mlflow.note.content``: its description;
+            ``mlflow.experimentKind``), set when the run is uploaded where the experiment does
+            not have them yet.
+        system_metrics: record MLflow's system metrics (CPU, memory, disk, network, GPU) every
+            ``system_metrics_interval`` seconds, through the spool like every other record
+            (:mod:`.system_metrics`). Only with a ``tracking_uri`` (it uses MLflow's
+            collectors) and psutil; otherwise nothing is recorded.
+        system_metrics_interval: seconds between samples (default
+            ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``, else MLflow's 10).
 
     Example::
 
@@ -130,6 +144,10 @@ class Tracker:
         upload_interval: float = 2.0,
         close_timeout: float = 60.0,
         resume: str | None = None,
+        parent: str | None = None,
+        experiment_tags: Mapping[str, Any] | None = None,
+        system_metrics: bool = False,
+        system_metrics_interval: float | None = None,
     ) -> None:
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ValueError(
@@ -145,9 +163,21 @@ class Tracker:
             # failure (no mlflow, ...) shows up again in the uploader as one TrackingWarning
             with contextlib.suppress(Exception):
                 sink.prepare()
+        interval = (
+            default_interval() if system_metrics_interval is None else system_metrics_interval
+        )
+        if not isinstance(interval, int | float) or not interval > 0:
+            raise ValueError(
+                f"system_metrics_interval must be a number of seconds > 0, not {interval!r}"
+            )
         if resume is None:
             self._spool = RunSpool.create(
-                spool_root, experiment=experiment, run_name=run_name, tags=tags
+                spool_root,
+                experiment=experiment,
+                run_name=run_name,
+                tags=tags,
+                parent=parent,
+                experiment_tags=experiment_tags,
             )
         else:
             run_dir = Path(spool_root) / resume
@@ -162,6 +192,8 @@ class Tracker:
                     f"run {resume!r} belongs to experiment {owner!r}, not {experiment!r}"
                 )
             self._spool = RunSpool.reopen(run_dir)
+            if parent is not None:
+                self._spool.set_parent(parent)
         # A resumed run retrains the steps between its checkpoint and the kill and logs them
         # again with the same values (resume is exact): a record equal to one the spool holds
         # (key, step and value) is not written twice. The newest records of each key are
@@ -187,6 +219,16 @@ class Tracker:
             self._uploader = Uploader(sink, self._spool.dir, float(upload_interval))
             self._uploader.start()
             self._uploader.request(urgent=True)  # create the MLflow run right away
+        self._system: SystemMetricsSampler | None = None
+        if system_metrics and uri is not None:
+            first = 1 + max(  # a resumed run's samples go on after its last one
+                (max(steps) for k, steps in self._spooled.items() if k.startswith(SYSTEM_PREFIX)),
+                default=-1,
+            )
+            self._system = SystemMetricsSampler(
+                self._log_system, interval=float(interval), first_step=first
+            )
+            self._system.start()
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -213,6 +255,15 @@ class Tracker:
         return None if run_id is None else str(run_id)
 
     @property
+    def mlflow_experiment_id(self) -> str | None:
+        """The id of the run's experiment in the tracking store, once the upload created it."""
+        if self._tracking_uri is None:
+            return None
+        state = self._spool.read_sync_states().get(store_key(self._tracking_uri), {})
+        exp_id = state.get("experiment_id")
+        return None if exp_id is None else str(exp_id)
+
+    @property
     def sink_error(self) -> Exception | None:
         """Why uploading to the store stopped (None while it works or when not tracking)."""
         return None if self._uploader is None else self._uploader.error
@@ -220,6 +271,17 @@ class Tracker:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def parent(self) -> str | None:
+        """The spool run id of this run's parent (None for a top-level run)."""
+        return self._spool.parent_run_id
+
+    @property
+    def system_metrics_samples(self) -> int:
+        """How many system-metrics samples were recorded (0 when not asked for or without
+        psutil / a store)."""
+        return 0 if self._system is None else self._system.samples
 
     # ------------------------------------------------------------------------------ logging
     def log_params(self, params: Mapping[str, Any] | Any) -> None:
@@ -299,6 +361,16 @@ class Tracker:
             self._spool.set_tags(tags)
             self._nudge()
 
+    def set_linked_tags(self, tags: Mapping[str, str]) -> None:
+        """Set tags whose values link to other runs of this spool root: each
+        ``{{run:<run_id>}}`` becomes the address of that run's page in the MLflow UI once the
+        run is uploaded (e.g. a run description, ``mlflow.note.content``, in Markdown:
+        ``"[dbmtl]({{run:20260101-120000-ab12cd34}})"``). See :mod:`.mlflow_sink`."""
+        with self._lock:
+            self._check_open()
+            self._spool.set_linked_tags(tags)
+            self._nudge()
+
     def log_artifact(
         self, local_path: str | os.PathLike[str], artifact_path: str | None = None
     ) -> None:
@@ -367,6 +439,8 @@ class Tracker:
             raise ValueError(
                 f"status must be one of {', '.join(TERMINAL_STATUSES)}, not {status!r}"
             )
+        if self._system is not None:
+            self._system.stop()  # its last sample goes in before the run ends
         with self._lock:
             if self._closed:
                 return
@@ -480,6 +554,16 @@ class Tracker:
         up = self._uploader
         if up is not None and up.error is None:
             up.request()
+
+    def _log_system(self, values: dict[str, float], step: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            ts = now_ms()
+            self._write_records(
+                [MetricRecord(self._check_key(k), v, step, ts) for k, v in values.items()]
+            )
+            self._nudge()
 
     def _check_key(self, key: str) -> str:
         if key not in self._known_keys:
