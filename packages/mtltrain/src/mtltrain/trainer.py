@@ -145,7 +145,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self._check_optimizer()
         self._plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        self._needs_after_step = _needs_after_step(balancer)
+        self._needs_after_step = bool(balancer.needs_after_step)
         # run state (all of it goes into the checkpoint)
         self.epoch = 0
         self.batches_done = 0  # micro-batches of the current epoch already trained on
@@ -580,19 +580,6 @@ def _module_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
-
-
-def _needs_after_step(balancer: Any) -> bool:
-    from mtlbalance.aggregators.base import Aggregator
-    from mtlbalance.transforms.base import LossTransform
-
-    transform, aggregator = (
-        getattr(balancer, "transform", None),
-        getattr(balancer, "aggregator", None),
-    )
-    t = transform is not None and type(transform).after_step is not LossTransform.after_step
-    a = aggregator is not None and type(aggregator).after_step is not Aggregator.after_step
-    return t or a
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:

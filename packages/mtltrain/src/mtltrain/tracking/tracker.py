@@ -25,7 +25,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor
 
 from .buffer import Entry, StepBuffer, check_step, entries, to_records
@@ -210,7 +209,7 @@ class Tracker:
         self._lock = threading.RLock()
         self._steps = StepBuffer(log_every)
         self._known_keys: set[str] = set()
-        self._stats_keys: dict[tuple[str, tuple[str, ...]], dict[str, tuple[str, ...]]] = {}
+        self._stats_keys: set[tuple[str, ...]] = set()
         self._nonfinite_warned: set[str] = set()
         self._closed = False
         self._sink_warned = False
@@ -319,8 +318,9 @@ class Tracker:
     def log_balance_stats(self, stats: BalanceStats, step: int, *, prefix: str = "train/") -> None:
         """Log an ``mtlbalance.BalanceStats`` (what ``Balancer.backward`` returns) like
         :meth:`log_step`: ``<prefix>loss/<task>``, ``<prefix>transformed/<task>``,
-        ``<prefix>grad_norm/<task>``, ``<prefix>weight/<task>`` and ``<prefix>update_norm``
-        (the ones the method reports), buffered on the device."""
+        ``<prefix>grad_norm/<task>``, ``<prefix>weight/<task>``, ``<prefix>table_factor/<task>`` and
+        ``<prefix>update_norm`` (the ones the method reports; :meth:`BalanceStats.flat`),
+        buffered on the device."""
         from mtlbalance.stats import BalanceStats
 
         if not isinstance(stats, BalanceStats):
@@ -331,28 +331,9 @@ class Tracker:
         step = check_step(step)
         with self._lock:
             self._check_open()
-            keys = self._balance_keys(prefix, stats.task_names)
-            parts = [
-                (part, tensor)
-                for part, tensor in (
-                    ("loss", stats.losses),
-                    ("transformed", stats.transformed),
-                    ("grad_norm", stats.grad_norms),
-                    ("weight", stats.weights),
-                    ("update_norm", stats.update_norm),
-                )
-                if tensor is not None
-            ]
-            for part, tensor in parts:
-                if tensor.numel() != len(keys[part]):
-                    raise ValueError(
-                        f"BalanceStats.{part} has {tensor.numel()} values for "
-                        f"{len(keys[part])} key(s) {keys[part]}: stats are inconsistent"
-                    )
-            with torch.no_grad():  # one small device copy of all parts; no host sync
-                flat = torch.cat([t.reshape(-1) for _, t in parts])
-            all_keys = tuple(k for part, _ in parts for k in keys[part])
-            self._buffer_entries([Entry(step, now_ms(), all_keys, flat)], step)
+            keys, flat = stats.flat(prefix)  # one device tensor; no host sync
+            self._checked_keys(keys)
+            self._buffer_entries([Entry(step, now_ms(), keys, flat)], step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set run tags (values as ``str(value)``; a tag set again is overwritten)."""
@@ -571,16 +552,12 @@ class Tracker:
             self._known_keys.add(key)
         return key
 
-    def _balance_keys(self, prefix: str, tasks: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-        cached = self._stats_keys.get((prefix, tasks))
-        if cached is None:
-            cached = {
-                part: tuple(self._check_key(f"{prefix}{part}/{t}") for t in tasks)
-                for part in ("loss", "transformed", "grad_norm", "weight")
-            }
-            cached["update_norm"] = (self._check_key(f"{prefix}update_norm"),)
-            self._stats_keys[(prefix, tasks)] = cached
-        return cached
+    def _checked_keys(self, keys: tuple[str, ...]) -> None:
+        """Check a stats key set once (MLflow's key rules); later steps reuse the answer."""
+        if keys not in self._stats_keys:
+            for key in keys:
+                self._check_key(key)
+            self._stats_keys.add(keys)
 
     def _buffer_entries(self, new: list[Entry], step: int) -> None:
         due = self._steps.add(new, step)
