@@ -5,7 +5,8 @@ targets read out of them: ``click`` (binary; BCE, ~0.6), ``rating`` (a unit-scal
 MSE, ~0.5) and ``price`` (a regression in the hundreds; MSE, ~10⁴). Under equal weighting
 the price loss dominates the shared gradient — the case loss balancing exists for.
 
-This stands in for a domain package's data until mtlrec's heterogeneous synthetic log lands.
+The problem of the README's demo (`nox -s demo`: spec `synthetic-hetero`); the one demo problem
+of the repository.
 """
 
 from __future__ import annotations
