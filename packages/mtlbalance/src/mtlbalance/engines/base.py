@@ -129,7 +129,13 @@ def is_batching_error(err: BaseException) -> bool:
 class VmapCall:
     """Runs ``torch.autograd.grad(..., is_grads_batched=True)``, turning missing batching rules
     into a clear :class:`BatchingUnsupported` error and, on the first calls, PyTorch's
-    "performance drop" fallback warnings into one warning that names the operations."""
+    "performance drop" fallback warnings into one warning that names the operations.
+
+    PyTorch emits those fallback warnings only after
+    ``torch._C._debug_only_display_vmap_fallback_warnings(True)``; only then are warnings
+    caught here. ``warnings.catch_warnings`` is process-wide, so catching otherwise would take in
+    the warnings of every other thread (e.g. a tracking thread importing its client library)
+    and show them again past the filters their own modules set."""
 
     def __init__(self, engine_name: str):
         self.engine_name = engine_name
@@ -143,7 +149,7 @@ class VmapCall:
         grad_outputs: Sequence[Tensor],
         retain_graph: bool,
     ) -> tuple[Tensor | None, ...]:
-        watch = self.calls < 2
+        watch = self.calls < 2 and torch._C._debug_only_are_vmap_fallback_warnings_enabled()
         try:
             with warnings.catch_warnings(record=True) if watch else nullcontext() as caught:
                 if watch:
