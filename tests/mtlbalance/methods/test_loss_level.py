@@ -197,10 +197,11 @@ def test_learned_scales_reach_their_stationary_point() -> None:
 
 
 # ---------------------------------------------------------------------------------- DWA
-def test_dwa_weights_follow_the_formula_after_two_epochs() -> None:
+@pytest.mark.parametrize("temperature", [2.0, 0.05])  # the paper's T, and a sharp one
+def test_dwa_weights_follow_the_formula_after_two_epochs(temperature: float) -> None:
     problem = build_problem(seed=2, num_tasks=3)
-    temperature = 2.0
-    balancer = mtlbalance.make("dwa", problem.encoder, dict(problem.heads))
+    kwargs = {} if temperature == 2.0 else {"temperature": temperature}  # 2.0: the default
+    balancer = mtlbalance.make("dwa", problem.encoder, dict(problem.heads), **kwargs)
     opt = torch.optim.SGD(problem.all_params(), lr=0.01)
     epoch_means = []
     k = 0
@@ -406,10 +407,12 @@ def test_igbv2_weights_through_its_phases() -> None:
     balancer = mtlbalance.make("igbv2", problem.encoder, dict(problem.heads), **SMALL_IGB)
     transform = balancer.transform
     opt = torch.optim.SGD(problem.all_params(), lr=0.01)
-    epoch_losses = []
+    epoch_losses, states = [], []
     for k in range(12):  # 4 epochs of 3 steps
         losses, stats = step(problem, balancer, k, opt)
         v = vec(losses)
+        if k >= 3:  # the state: losses over the epoch-0 means
+            states.append(v.float() / (transform.base.float() + 1e-8))
         w = transform.last_weights.double()
         assert w.shape == (3,) and torch.isfinite(w).all() and (w > 0).all()
         torch.testing.assert_close(w.sum(), torch.tensor(3.0, dtype=torch.float64))
@@ -422,6 +425,10 @@ def test_igbv2_weights_through_its_phases() -> None:
                 torch.testing.assert_close(transform.base, torch.stack(epoch_losses).mean(0))
     agent = transform.agent
     assert agent is not None and agent.size == 8  # one transition per step after epoch 0
+    # the reward of each transition: how much the worst task's normalised loss went DOWN
+    want_rewards = torch.stack([(a - b).min() for a, b in zip(states, states[1:], strict=False)])
+    torch.testing.assert_close(agent.buf_reward[:8].reshape(-1), want_rewards)
+    assert bool((want_rewards != 0).all())  # (the sign matters for every entry)
     # the SAC weights (epochs ≥ 2) are the actor's policy at the normalised losses
     noise = torch.randn(3, dtype=torch.float64)
     transform.force_draws(noise)
