@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import time
+from typing import Any
 
 import pytest
 import torch
@@ -328,8 +330,30 @@ def test_stats_are_device_tensors_until_asked() -> None:
     assert stats.engine == "batched"
 
 
+class _SlowBackward(torch.autograd.Function):
+    """Identity whose backward takes 0.1 s per call: the loop engine calls it once per task,
+    the batched and representation engines once per step (one vmapped call)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.1)
+        return grad
+
+
+class _SlowLayer(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SlowBackward.apply(x)
+
+
 def test_auto_engine_measures_and_keeps_its_choice() -> None:
+    """The loop engine made measurably slower (0.3 s a step for 3 tasks against 0.1 s): auto
+    measures each candidate on whole steps, never picks it, and keeps its choice."""
     problem = build_problem(seed=8, num_tasks=3)
+    problem.encoder.append(_SlowLayer())
     balancer = mtlbalance.DBMTL(problem.encoder, dict(problem.heads), engine="auto")
     engines = []
     for k in range(10):
@@ -340,11 +364,9 @@ def test_auto_engine_measures_and_keeps_its_choice() -> None:
     assert isinstance(auto, AutoEngine)
     # one verification step, then 2 whole timed steps per candidate (3 candidates)
     assert engines[:7] == ["auto"] * 7
-    assert auto.chosen in ("loop", "batched", "representation")
+    assert auto.chosen in ("batched", "representation")
     assert engines[7:] == [auto.chosen] * 3
     assert set(auto.timings) == {"loop", "batched", "representation"}
     assert all(len(v) == 2 for v in auto.timings.values())
-    assert auto.chosen == min(
-        auto.timings, key=lambda c: sorted(auto.timings[c])[0] + sorted(auto.timings[c])[1]
-    )
+    assert min(auto.timings["loop"]) >= 0.3  # the timings are of whole steps
     assert balancer.state_dict()["engine"]["state"]["chosen"] == auto.chosen
