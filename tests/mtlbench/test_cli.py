@@ -175,37 +175,19 @@ def test_bad_specs_are_named(specs: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "known specs" in capsys.readouterr().err
 
 
-def test_ui_serves_the_store_on_loopback(tmp_path: Path) -> None:
+def test_ui_serves_the_store_on_loopback(tmp_path: Path, serve) -> None:  # type: ignore[no-untyped-def]
     """`mtlbench ui` starts the real MLflow UI on 127.0.0.1 for the given store."""
     pytest.importorskip("mlflow")
-    import time
     import urllib.request
 
     port = _closed_port()
     uri = f"sqlite:///{tmp_path / 'ui.db'}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mtlbench.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    _, listening = serve(
+        [sys.executable, "-m", "mtlbench.cli", "ui", "--tracking-uri", uri, "--port", str(port)]
     )
-    try:
-        deadline = time.monotonic() + 90
-        body = b""
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    body = r.read()
-                    break
-            except OSError:
-                time.sleep(1)
-        assert body.strip() == b"OK", f"no MLflow UI on port {port} (exit {proc.poll()})"
-    finally:
-        import os
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    assert listening == port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=60) as r:
+        assert r.read().strip() == b"OK"
 
 
 def test_selection_and_report_use_the_same_stl_reference(

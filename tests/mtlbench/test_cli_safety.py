@@ -257,29 +257,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, timeout: float = 2) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout):
             return True
     except OSError:
         return False
 
 
-def test_ui_stops_its_server_on_sigterm(tmp_path: Path) -> None:
+def test_ui_stops_its_server_on_sigterm(tmp_path: Path, serve) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("mlflow")
     port = _free_port()
     uri = f"sqlite:///{tmp_path / 'ui.db'}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mtlbench.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    proc, listening = serve(
+        [sys.executable, "-m", "mtlbench.cli", "ui", "--tracking-uri", uri, "--port", str(port)]
     )
+    assert listening == port and _answers(port, timeout=60)
     try:
-        deadline = time.monotonic() + 120
-        while not _answers(port):
-            assert proc.poll() is None and time.monotonic() < deadline, "the UI did not start"
-            time.sleep(0.5)
         os.kill(proc.pid, signal.SIGTERM)  # only mtlbench itself, as a service manager would
         proc.wait(timeout=30)
         deadline = time.monotonic() + 20
@@ -287,6 +281,4 @@ def test_ui_stops_its_server_on_sigterm(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert not _answers(port), "the MLflow server outlived mtlbench ui"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-f", "--", f"--port {port}"], check=False)

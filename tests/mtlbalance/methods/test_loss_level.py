@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import math
 
 import pytest
@@ -426,7 +427,7 @@ def test_igbv2_weights_through_its_phases() -> None:
     agent = transform.agent
     assert agent is not None and agent.size == 8  # one transition per step after epoch 0
     # the reward of each transition: how much the worst task's normalised loss went DOWN
-    want_rewards = torch.stack([(a - b).min() for a, b in zip(states, states[1:], strict=False)])
+    want_rewards = torch.stack([(a - b).min() for a, b in itertools.pairwise(states)])
     torch.testing.assert_close(agent.buf_reward[:8].reshape(-1), want_rewards)
     assert bool((want_rewards != 0).all())  # (the sign matters for every entry)
     # the SAC weights (epochs ≥ 2) are the actor's policy at the normalised losses

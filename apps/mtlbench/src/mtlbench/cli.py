@@ -337,14 +337,21 @@ def _ui(args: argparse.Namespace) -> int:
     exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     if not _mlflow_available() or not Path(exe).exists():
         raise ImportError("the MLflow UI needs mlflow: pip install 'mtlbench[mlflow]'")
+    # one worker: a UI for one person (MLflow's default of 4 holds ~4x the memory), and the
+    # server says "running on" only once it accepts connections
     cmd = [exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    cmd += ["--workers", "1"]
     print(
         f"MLflow UI for {redact_uri(uri)} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
         file=sys.stderr,
     )
     # The server and its workers run in their own process group, stopped with it whatever ends
     # this process: Ctrl-C, SIGTERM (a service manager, `kill`) or SIGHUP (a closed terminal).
-    server = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+    env = os.environ.copy()
+    # MLflow's job runner (GenAI evaluation jobs: 8 more processes, ~2 GB) serves nothing a
+    # benchmark's runs need; the user's own setting wins
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
