@@ -56,7 +56,9 @@ def main() -> None:
         for step in range(config["steps"]):
             inputs, targets = global_batch(config, step)
             n = inputs.batch_size
-            lo, hi = rank * n // world, (rank + 1) * n // world
+            # rows per rank: an even split, or config["split"] (e.g. [6, 10]: unequal shares)
+            sizes = config.get("split") or [n // world] * world
+            lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
             rows = torch.arange(lo, hi)
             local_in = inputs.index(rows)
             local_y = {t: y[rows] for t, y in targets.items()}

@@ -138,8 +138,11 @@ def test_table_wise_fused_sgd_equals_unsharded(method: str, tmp_path: Path) -> N
     _compare(_run_two(config, tmp_path), _reference(config), _start(config))
 
 
-def test_table_wise_fused_adagrad_dbmtl_equals_unsharded(tmp_path: Path) -> None:
+def test_table_wise_fused_adagrad_dbmtl_unequal_shares_equals_unsharded(tmp_path: Path) -> None:
+    """Fused EXACT_ADAGRAD against torch.optim.Adagrad; the ranks hold 6 and 10 of the 16
+    rows (global_mean_losses weighs each rank's mean by its count)."""
     config = {
+        "split": [6, 10],
         **BASE,
         "method": "dbmtl",
         "table_lr": 0.5,

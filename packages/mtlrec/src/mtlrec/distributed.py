@@ -351,7 +351,9 @@ class _GlobalMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, local: Tensor, count: float, group: Any, counter: Any) -> Tensor:
-        packed = torch.cat([local.detach() * count, local.new_full((1,), float(count))])
+        # a rank without rows sends zeros (its mean loss, NaN, must not reach the others)
+        mine = local.detach() * count if count else torch.zeros_like(local)
+        packed = torch.cat([mine, local.new_full((1,), float(count))])
         if counter is not None:
             counter.add("all_reduce", packed)
         dist.all_reduce(packed, group=group)
