@@ -274,6 +274,8 @@ def test_plan_errors_name_the_table(tmp_path: Path) -> None:
             plan_sharding(model, sharding={"price": "table_wise"})
         with pytest.raises(ValueError, match=r"'t_user'.*'by_row'"):
             plan_sharding(model, sharding={"t_user": "by_row"})
+        with pytest.raises(ValueError, match=r"sharding\['user'\] = 'row_wise'.*on CPU"):
+            plan_sharding(model, sharding={"user": "row_wise"})
         with pytest.raises(ValueError, match="not a fused optimizer"):
             shard_model(model, optimizer="sgd")
         odd = MMoE({"user": (10, 6)}, ["a"], backend="torchrec")

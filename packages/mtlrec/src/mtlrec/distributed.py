@@ -66,7 +66,8 @@ __all__ = [
 
 SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "data_parallel", "table_row_wise")
 """The TorchRec sharding types :func:`plan_sharding` accepts by name. On CPU with gloo,
-table_wise, column_wise and data_parallel work; row_wise needs a reduce-scatter gloo lacks."""
+table_wise, column_wise and data_parallel work; the row-wise ones are refused on CPU (the
+planner has no CPU kernel for them, and gloo lacks the reduce-scatter they need)."""
 
 FUSED_OPTIMIZERS = ("exact_sgd", "exact_adagrad", "exact_row_wise_adagrad", "adam")
 """Fused optimizers by name (fbgemm ``EmbOptimType``): the table update runs in the backward."""
@@ -158,6 +159,12 @@ def plan_sharding(
             raise ValueError(
                 f"sharding[{key!r}] = {kind!r} is not a sharding type; use one of "
                 f"{list(SHARDING_TYPES)}"
+            )
+        if compute_device == "cpu" and kind in ("row_wise", "table_row_wise"):
+            raise ValueError(
+                f"sharding[{key!r}] = {kind!r}: TorchRec's planner offers no {kind} kernel on "
+                f"CPU (and gloo lacks the reduce-scatter it needs); on CPU use table_wise, "
+                f"column_wise or data_parallel, or run on GPUs with nccl"
             )
         kernel = "dense" if kind == "data_parallel" else "fused"
         constraints[table] = ParameterConstraints(sharding_types=[kind], compute_kernels=[kernel])
