@@ -217,6 +217,16 @@ def perf(session: nox.Session) -> None:
     _run(session, "python", str(REPO / "benchmarks" / "perf" / "step_time.py"), *session.posargs)
 
 
+@nox.session(name="bench-scale", venv_backend="none")
+def bench_scale(session: nox.Session) -> None:
+    """Scale benchmark of sharded recsys training (TorchRec DMP tables, streamed Parquet log):
+    examples/s at 1 and 2 processes and bytes communicated per step, EW / DB-MTL, MMoE / PLE:
+    benchmarks/perf/scale_throughput.py {posargs} (results: benchmarks/results/scale/)."""
+    _ensure_env(session)
+    script = REPO / "benchmarks" / "perf" / "scale_throughput.py"
+    _run(session, "python", str(script), *session.posargs)
+
+
 @nox.session(venv_backend="none")
 def mutate(session: nox.Session) -> None:
     """Mutation testing (cosmic-ray) of the modules that decide results: nox -s mutate [--

@@ -5,9 +5,11 @@
 - Readers for real formats return lazy frames and their spec: :func:`census_income`,
   :func:`read_aliexpress`, :func:`read_ali_ccp_csv`, :func:`read_ali_ccp_esmm`,
   :func:`read_criteo`, :func:`read_table` (any CSV/Parquet: :func:`scan_table`).
-- Generators: :func:`mmoe_synthetic`, :func:`synthetic_log`.
+- Generators: :func:`mmoe_synthetic`, :func:`synthetic_log`, :func:`write_criteo_log`
+  (millions of rows written file by file, :func:`criteo_log_spec`).
 - Loaders: :class:`RecLoader` (in memory), :func:`iter_batches` / :class:`LazyLoader`
-  (streamed from a file).
+  (streamed from a file), :class:`ShardedParquetLoader` (each rank streams its share of
+  the row groups of Parquet files; :mod:`mtlrec.data.stream`).
 - Errors: every problem in the data is a :class:`DataError` naming the file, the line and/or
   data row and the column (:mod:`mtlrec.data.errors`); rows are counted in the file, also
   after splitting or shuffling (the readers' origin columns :data:`ORIGIN_FILE`,
@@ -46,6 +48,7 @@ from .spec import (
     MultiHotFeature,
     SparseFeature,
 )
+from .stream import ShardedParquetLoader, criteo_log_spec, write_criteo_log
 from .synthetic import (
     mmoe_synthetic,
     mmoe_synthetic_spec,
@@ -74,10 +77,12 @@ __all__ = [
     "RecBatch",
     "RecInputs",
     "RecLoader",
+    "ShardedParquetLoader",
     "Source",
     "SparseFeature",
     "Splits",
     "census_income",
+    "criteo_log_spec",
     "data_dir",
     "iter_batches",
     "make_loader",
@@ -92,5 +97,6 @@ __all__ = [
     "split_frame",
     "synthetic_log",
     "synthetic_log_spec",
+    "write_criteo_log",
     "write_frame",
 ]

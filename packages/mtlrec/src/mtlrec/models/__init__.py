@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .base import MLP, TASK_KINDS, MultiTaskRecModel, Tower
-from .embeddings import BACKENDS, EmbeddingConfig, SparseEmbeddings, torchrec_available
+from .embeddings import BACKENDS, EmbeddingConfig, SparseEmbeddings, meta_tables, torchrec_available
 from .inputs import RecInputs, random_inputs
 from .moe import CGC, PLE, MMoE, OMoE, SharedBottom
 from .sequential import AITM, ESMM, logit_of_product
@@ -36,6 +36,7 @@ __all__ = [
     "Tower",
     "logit_of_product",
     "make_model",
+    "meta_tables",
     "random_inputs",
     "torchrec_available",
 ]

@@ -186,6 +186,20 @@ class MultiTaskRecModel(nn.Module):
         """``{task: module}`` of the task-specific parameters, in task order."""
         return self.task_modules()
 
+    # ------------------------------------------------------------------ split backward
+    def table_frontier(self) -> Tensor:
+        """The leaf standing in for the embedding tables, for ``Balancer(tables=[...])``: the
+        split backward that sharded tables and fused optimizers need (ONE backward of
+        ``Σ_t c_t ℓ̃_t`` into the tables per step; see
+        :meth:`SparseEmbeddings.table_frontier`). Call :meth:`backward_tables` after every
+        ``balancer.backward``."""
+        return self.embedding.table_frontier()
+
+    def backward_tables(self) -> None:
+        """The one backward through the embedding lookup (fused optimizers update the tables
+        here); see :meth:`SparseEmbeddings.backward_tables`."""
+        self.embedding.backward_tables()
+
     # ------------------------------------------------------------------ input
     def embed(self, inputs: RecInputs) -> Tensor:
         """``x = [pooled embeddings, dense]``, shape ``(N, input_dim)``, from a

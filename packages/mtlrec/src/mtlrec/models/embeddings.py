@@ -10,6 +10,15 @@ order of ``features`` (insertion order): the output is ``(N, Σ dim)``.
 - ``backend="torch"``: one ``torch.nn.EmbeddingBag(mode="sum")`` per feature.
 - ``backend="auto"`` (default): TorchRec when it imports, plain torch otherwise.
 
+Sharded tables (TorchRec ``DistributedModelParallel``, :mod:`mtlrec.distributed`): the
+``torchrec`` backend's ``ebc`` is what DMP shards; build it on the meta device inside
+:func:`meta_tables` for tables too large for one process (DMP then materialises only each
+rank's shards, drawn from the same ``N(0, init_std²)``). With a fused optimizer the table
+update happens *inside* the backward through the lookup, so the tables must get exactly ONE
+backward per step: :meth:`SparseEmbeddings.table_frontier` and
+:meth:`SparseEmbeddings.backward_tables` split the backward there (docs/distributed.md,
+"Sharded embeddings").
+
 Both backends initialise the tables the same way (``N(0, init_std²)``, drawn in feature order
 from the global torch RNG, nothing else drawn), so the same seed gives the same weights on
 either; :meth:`SparseEmbeddings.copy_weights_from` and :meth:`SparseEmbeddings.to_backend`
@@ -18,8 +27,9 @@ move weights between them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -27,7 +37,13 @@ from torch import Tensor, nn
 
 from .inputs import RecInputs, as_bag, check_inputs
 
-__all__ = ["BACKENDS", "EmbeddingConfig", "SparseEmbeddings", "torchrec_available"]
+__all__ = [
+    "BACKENDS",
+    "EmbeddingConfig",
+    "SparseEmbeddings",
+    "meta_tables",
+    "torchrec_available",
+]
 
 EmbeddingConfig = Mapping[str, tuple[int, int]]
 """feature name -> ``(num_embeddings, embedding_dim)``"""
@@ -47,6 +63,44 @@ def torchrec_available() -> bool:
 
 def _table_name(feature: str) -> str:
     return f"t_{feature}"
+
+
+_META_TABLES = False
+
+
+@contextlib.contextmanager
+def meta_tables() -> Iterator[None]:
+    """Inside this block, ``backend="torchrec"`` embeddings build their tables on the meta
+    device (no memory, no initial values): for a model that
+    :func:`mtlrec.distributed.shard_model` wraps in ``DistributedModelParallel``, which then
+    allocates and initialises only each rank's shards (``N(0, init_std²)``, TorchRec's RNG
+    stream — not the same values as an unsharded build from the same seed). The plain-torch
+    backend cannot shard and raises here."""
+    global _META_TABLES
+    before, _META_TABLES = _META_TABLES, True
+    try:
+        yield
+    finally:
+        _META_TABLES = before
+
+
+@contextlib.contextmanager
+def _no_gradient_division(sharded: bool) -> Iterator[None]:
+    """TorchRec's sharded all-to-all divides the gradients by the world size in its backward
+    by default (the DDP convention: each rank's loss is a local mean that DDP averages). The
+    frontier's gradient is already the global batch's (:func:`mtlrec.distributed
+    .global_mean_losses`), so the tables' one backward runs with the division off."""
+    if not sharded:
+        yield
+        return
+    from torchrec.distributed import comm_ops
+
+    before = comm_ops.get_gradient_division()
+    comm_ops.set_gradient_division(False)
+    try:
+        yield
+    finally:
+        comm_ops.set_gradient_division(before)
 
 
 class SparseEmbeddings(nn.Module):
@@ -106,6 +160,16 @@ class SparseEmbeddings(nn.Module):
         self.init_std = float(init_std)
         self.check_ids = check_ids
         self.output_dim = sum(d for _, d in self.features.values())
+        self.on_meta = _META_TABLES
+        if self.on_meta and backend != "torchrec":
+            raise ValueError(
+                "meta_tables() builds TorchRec tables for DistributedModelParallel; "
+                f"backend={backend!r} cannot be sharded (use backend='torchrec')"
+            )
+        # the split backward (table_frontier / backward_tables): the leaf the balancer sees
+        # in place of the tables, and the lookup output waiting for its one backward
+        self._frontier: Tensor | None = None
+        self._pending: Tensor | None = None
         # Build without touching the global RNG, then draw the initial weights in feature
         # order: the same seed gives the same tables on both backends.
         with torch.random.fork_rng(devices=[]):
@@ -117,11 +181,13 @@ class SparseEmbeddings(nn.Module):
                 self.bags = nn.ModuleDict(
                     {f: nn.EmbeddingBag(n, d, mode="sum") for f, (n, d) in self.features.items()}
                 )
-        self.reset_parameters()
+        if not self.on_meta:
+            self.reset_parameters()
 
     def _make_ebc(self) -> nn.Module:
         from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 
+        init = functools.partial(torch.nn.init.normal_, mean=0.0, std=self.init_std)
         configs = [
             EmbeddingBagConfig(
                 name=_table_name(f),
@@ -129,10 +195,101 @@ class SparseEmbeddings(nn.Module):
                 num_embeddings=n,
                 feature_names=[f],
                 pooling=PoolingType.SUM,
+                init_fn=init,  # what DMP draws a meta-built table's shards from
             )
             for f, (n, d) in self.features.items()
         ]
-        return EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
+        device = torch.device("meta" if self.on_meta else "cpu")
+        return EmbeddingBagCollection(tables=configs, device=device)
+
+    @property
+    def sharded(self) -> bool:
+        """True once ``DistributedModelParallel`` has replaced ``ebc`` by its sharded
+        variant (:func:`mtlrec.distributed.shard_model`)."""
+        return self.ebc is not None and type(self.ebc).__name__.startswith("Sharded")
+
+    # ------------------------------------------------------------------ split backward
+    def table_frontier(self) -> Tensor:
+        """Split the backward at the lookup output and return the leaf that stands in for the
+        tables: give it to the balancer as ``Balancer(tables=[emb.table_frontier()])``, and
+        call :meth:`backward_tables` after ``balancer.backward(...)`` on every step.
+
+        The contract (needed by TorchRec's fused optimizers, where the table update runs
+        *inside* the backward through the lookup, and by sharded tables, whose backward is an
+        all-to-all every rank must join once): the forward hands the dense layers the pooled
+        embeddings ``E`` as a detached leaf ``Ê`` (this tensor, refilled each forward); the
+        balancer's per-task backwards stop at ``Ê`` (they never reach the lookup); its tables
+        stage gives ``Ê.grad = ∂(Σ_t c_t ℓ̃_t)/∂E`` — ``c_t`` the method's weights, the
+        transformed losses ``ℓ̃_t`` (for loss-level methods, EW included, the one combined
+        backward: exact); :meth:`backward_tables` then runs ``E.backward(Ê.grad)``, the ONE
+        backward through the lookup, so each table receives ``∂(Σ_t c_t ℓ̃_t)/∂W`` =
+        ``J_lookupᵀ Ê.grad`` exactly once (the fused optimizer steps once).
+
+        Unsharded and sharded tables alike (the same results as ``Balancer(tables=model
+        .embedding_parameters())`` on an unsharded model: the chain rule through the
+        lookup). Between steps ``Ê`` is empty, ``(0, Σ dim)``, so a balancer's
+        ``state_dict`` does not depend on the batch size.
+        """
+        if self._frontier is None:
+            self._frontier = torch.zeros(0, self.output_dim, requires_grad=True)
+        return self._frontier
+
+    def backward_tables(self) -> None:
+        """The ONE backward through the lookup: ``E.backward(Ê.grad)`` (see
+        :meth:`table_frontier`); with a fused optimizer this is where the tables change. Then
+        ``Ê`` is emptied for the next forward."""
+        if self._frontier is None:
+            raise RuntimeError(
+                "backward_tables() needs the split backward: call table_frontier() first and "
+                "give it to the balancer as tables=[...]"
+            )
+        if self._pending is None:
+            raise RuntimeError(
+                "backward_tables(): no lookup is waiting for its backward (no training forward "
+                "since the last call, or it was already called for this batch — the tables "
+                "must get exactly one backward per step)"
+            )
+        grad = self._frontier.grad
+        if grad is None:
+            raise RuntimeError(
+                "backward_tables(): the table frontier has no gradient: give "
+                "table_frontier() to the balancer as tables=[...] and call balancer.backward "
+                "before backward_tables()"
+            )
+        if grad.shape != self._pending.shape:
+            raise RuntimeError(
+                f"backward_tables(): the frontier's gradient has shape {tuple(grad.shape)}, "
+                f"the lookup output {tuple(self._pending.shape)}; was there a second forward "
+                f"before the backward?"
+            )
+        pending, self._pending = self._pending, None
+        with _no_gradient_division(self.sharded):
+            pending.backward(grad.to(pending.dtype))
+        self._reset_frontier()
+
+    def _reset_frontier(self) -> None:
+        frontier = self._frontier
+        assert frontier is not None
+        frontier.grad = None
+        frontier.data = torch.zeros(0, self.output_dim, dtype=frontier.dtype)
+
+    def _split(self, pooled: Tensor) -> Tensor:
+        """Forward of the split backward: keep ``pooled`` for :meth:`backward_tables`, hand
+        out the leaf ``Ê`` holding its values."""
+        if self._frontier is None or not pooled.requires_grad:
+            return pooled  # no split, or an evaluation forward (no_grad): nothing waits
+        if self._pending is not None:
+            raise RuntimeError(
+                "the previous training batch's tables never got their backward: call "
+                "model.backward_tables() (SparseEmbeddings.backward_tables) after every "
+                "balancer.backward(...), before the next forward (with a fused optimizer the "
+                "table update happens in that backward); use torch.no_grad() for evaluation"
+            )
+        self._pending = pooled
+        frontier = self._frontier
+        frontier.grad = None
+        frontier.data = pooled.detach()
+        return frontier
 
     # ------------------------------------------------------------------ weights
     def tables(self) -> dict[str, nn.Parameter]:
@@ -218,10 +375,14 @@ class SparseEmbeddings(nn.Module):
         return out
 
     def forward(self, inputs: RecInputs) -> Tensor:
-        """Pooled embeddings ``(N, Σ dim)``, features concatenated in config order."""
+        """Pooled embeddings ``(N, Σ dim)``, features concatenated in config order (with
+        :meth:`table_frontier`: the leaf ``Ê`` holding them, during training)."""
         check_inputs(inputs, "SparseEmbeddings")
         if not self.features:
             return torch.zeros(inputs.batch_size, 0, device=inputs.device)
+        return self._split(self._lookup(inputs))
+
+    def _lookup(self, inputs: RecInputs) -> Tensor:
         bags = self._bags(inputs)
         if self.ebc is None:
             assert self.bags is not None
