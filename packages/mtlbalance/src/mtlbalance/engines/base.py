@@ -149,7 +149,7 @@ class VmapCall:
         grad_outputs: Sequence[Tensor],
         retain_graph: bool,
     ) -> tuple[Tensor | None, ...]:
-        watch = self.calls < 2 and torch._C._debug_only_are_vmap_fallback_warnings_enabled()
+        watch = self.calls < 2 and _fallback_warnings_on()
         try:
             with warnings.catch_warnings(record=True) if watch else nullcontext() as caught:
                 if watch:
@@ -189,6 +189,13 @@ class VmapCall:
                 f"{'this op' if len(new) == 1 else 'these ops'} (exact, but slower)",
                 stacklevel=5,
             )
+
+
+def _fallback_warnings_on() -> bool:
+    """Whether PyTorch emits its vmap "performance drop" warnings (off unless a user turned
+    them on with ``torch._C._debug_only_display_vmap_fallback_warnings(True)``)."""
+    enabled = getattr(torch._C, "_debug_only_are_vmap_fallback_warnings_enabled", None)
+    return bool(enabled()) if enabled is not None else False
 
 
 def task_param_grads(
