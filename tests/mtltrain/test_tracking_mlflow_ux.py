@@ -326,3 +326,40 @@ def test_git_info_and_provenance_tags(tmp_path, monkeypatch):
     assert tags["versions.pytest"] == importlib.metadata.version("pytest")
     assert "versions.no-such-pkg" not in tags
     assert "hunter2" not in json.dumps(tags)
+
+
+def test_uploaders_racing_to_set_one_experiment_tag_all_succeed(store_uri, experiment):
+    """Runs of one experiment upload in parallel (a group run and its seeds, the report run),
+    each setting the experiment's tags it does not see yet; MLflow's SQL store fails the
+    slower of two writers of one new tag on its unique key (seen in about one race in four
+    on this machine). Every uploader must go on, and the tag ends set once."""
+    import threading
+    from types import SimpleNamespace
+
+    from mtltrain.tracking.mlflow_sink import MlflowSink
+
+    client = _client(store_uri)
+    exp_id = client.create_experiment(experiment)
+    errors: list[BaseException] = []
+    for trial in range(12):
+        start = threading.Barrier(6)
+        key = f"mtlbench.race{trial}"
+
+        def upload(key: str = key, start: threading.Barrier = start) -> None:
+            own = _client(store_uri)  # one client per uploader, as one per process
+            start.wait()
+            try:
+                MlflowSink._upload_experiment_tags(
+                    own, exp_id, SimpleNamespace(experiment_tags={key: "v"}), {}, lambda: None
+                )
+            except BaseException as e:  # collected and asserted below
+                errors.append(e)
+
+        threads = [threading.Thread(target=upload) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert errors == []
+    tags = client.get_experiment(exp_id).tags
+    assert all(tags[f"mtlbench.race{i}"] == "v" for i in range(12))

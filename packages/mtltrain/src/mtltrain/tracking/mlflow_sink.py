@@ -511,7 +511,13 @@ class MlflowSink:
         have = client.get_experiment(experiment_id).tags
         for k, v in sorted(pending.items()):
             if k not in have:
-                client.set_experiment_tag(experiment_id, k, v)
+                try:
+                    client.set_experiment_tag(experiment_id, k, v)
+                except Exception:
+                    # another run's uploader set it between our read and write (the SQL
+                    # store then fails on its unique key): its value stands, as if read first
+                    if k not in client.get_experiment(experiment_id).tags:
+                        raise
             done[k] = v
         save()
 
