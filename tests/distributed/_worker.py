@@ -2,10 +2,12 @@
 
     python _worker.py OUT_DIR METHODS MODE STEPS [KILL_RANK KILL_STEP]
 
-METHODS: comma-separated method names, trained one after the other in the same job.
+METHODS: comma-separated method names, trained one after the other in the same job; a
+suffix ``@tables`` / ``@sparse`` adds an embedding table balanced with ``tables=``.
 
 MODE: ``plain`` (torch.distributed, no DDP), ``ddp`` (the model wrapped in
-DistributedDataParallel, its forward under ``no_sync()``), ``accumulate`` (two micro-batches
+DistributedDataParallel, its forward under ``no_sync()``), ``ddp_sync`` (the same without
+``no_sync()``), ``accumulate`` (two micro-batches
 per step), ``single`` (one process, no torch.distributed: the reference on the global batch).
 Every step draws a fixed global batch of 8 samples; rank r of W takes its contiguous shard.
 Writes OUT_DIR/<method>-rank<r>.pt: the parameters after every step, the balancer's state, the
@@ -31,12 +33,20 @@ TASKS = ("a", "b", "c")
 
 
 class Net(nn.Module):
-    def __init__(self) -> None:
+    """Encoder and three heads; ``variant`` "tables" / "sparse" adds an embedding table
+    (dense / sparse gradients) read with ids derived from the inputs, balanced with
+    ``tables=`` (one backward of Σ c_t ℓ̃_t)."""
+
+    def __init__(self, variant: str = "") -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
+        self.emb = nn.Embedding(10, 2, sparse=variant == "sparse") if variant else None
+        self.encoder = nn.Sequential(nn.Linear(4 + (2 if variant else 0), 6), nn.Tanh())
         self.heads = nn.ModuleDict({t: nn.Linear(6, 1) for t in TASKS})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.emb is not None:
+            ids = (x[:, 0].abs() * 3).long() % 10
+            x = torch.cat([x, self.emb(ids)], dim=1)
         z = self.encoder(x)
         return z, {t: h(z).squeeze(-1) for t, h in self.heads.items()}
 
@@ -76,17 +86,19 @@ def train(
     job: distributed.DistEnv | None,
 ) -> None:
     rank, world = (0, 1) if job is None else (job.rank, job.world_size)
+    name, _, variant = method.partition("@")
     torch.manual_seed(0)
-    net = Net()
+    net = Net(variant)
     model: nn.Module = net
-    if mode == "ddp":
+    if mode.startswith("ddp"):
         model = nn.parallel.DistributedDataParallel(net)
     balancer = mtlbalance.make(
-        method,
+        name,
         net.encoder,
         {t: net.heads[t] for t in TASKS},
         engine="loop",
         process_group=None if job is None else "world",
+        tables=None if net.emb is None else [net.emb.weight],
     )
     optimizer = torch.optim.SGD([*net.parameters(), *balancer.parameters()], lr=0.01)
     torch.manual_seed(123 + rank)  # the draws of randomised methods must come from rank 0
@@ -108,6 +120,9 @@ def train(
             with model.no_sync():  # type: ignore[operator]
                 z, losses = losses_of(model, x, ys)
             result = balancer.backward(losses, representation=z)
+        elif mode == "ddp_sync":  # the forward outside no_sync(): DDP's hooks stay armed
+            z, losses = losses_of(model, x, ys)
+            result = balancer.backward(losses, representation=z)
         else:
             z, losses = losses_of(model, x, ys)
             result = balancer.backward(losses, representation=z)
@@ -116,7 +131,7 @@ def train(
             with torch.no_grad():
                 balancer.after_step(losses_of(model, x, ys)[1])
         balancer.epoch_end()
-        params.append([p.detach().clone() for p in net.parameters()])
+        params.append([p.detach().clone() for p in net.parameters()])  # (tables included)
         stats.append(result.to_dict())
         comm.append(balancer.communicated_bytes)
     torch.save(

@@ -24,6 +24,8 @@ TIMEOUT_S = 240
 # gradient level exact (dbmtl, pcgrad: random order), loss level (ew, uw: learned
 # log-variances, rlw: random weights, famo: after_step state), representation level (mgda_ub)
 METHODS = ("ew", "dbmtl", "pcgrad", "uw", "rlw", "famo", "mgda_ub")
+# with an embedding table balanced approximately (tables=): dense and sparse gradients
+TABLES = ("dbmtl@tables", "dbmtl@sparse", "ew@sparse")
 
 
 def _run_single(out: Path, methods: str, mode: str = "single") -> None:
@@ -46,10 +48,12 @@ def _run_job(out: Path, methods: str, mode: str, nproc: int = 2) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One reference run and the distributed jobs, shared by the tests below."""
-    dirs = {k: tmp_path_factory.mktemp(k) for k in ("single", "plain", "ddp", "accumulate")}
-    _run_single(dirs["single"], ",".join(METHODS))
-    _run_job(dirs["plain"], ",".join(METHODS), "plain")
+    kinds = ("single", "plain", "ddp", "ddp_sync", "accumulate")
+    dirs = {k: tmp_path_factory.mktemp(k) for k in kinds}
+    _run_single(dirs["single"], ",".join(METHODS + TABLES))
+    _run_job(dirs["plain"], ",".join(METHODS + TABLES), "plain")
     _run_job(dirs["ddp"], "dbmtl,ew", "ddp")
+    _run_job(dirs["ddp_sync"], "dbmtl", "ddp_sync")
     _run_job(dirs["accumulate"], "dbmtl,uw", "accumulate")
     return dirs
 
@@ -82,7 +86,7 @@ def _assert_identical(a: object, b: object, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + TABLES)
 def test_two_processes_equal_one_process(runs: dict[str, Path], method: str) -> None:
     want = _load(runs["single"], method, 0)
     for rank in (0, 1):
@@ -92,7 +96,7 @@ def test_two_processes_equal_one_process(runs: dict[str, Path], method: str) -> 
             assert got["stats"][-1][key] == pytest.approx(want["stats"][-1][key], rel=1e-5), key
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + TABLES)
 def test_ranks_hold_identical_state(runs: dict[str, Path], method: str) -> None:
     r0, r1 = _load(runs["plain"], method, 0), _load(runs["plain"], method, 1)
     _assert_identical(r0["balancer"], r1["balancer"], f"{method} balancer state")
@@ -108,6 +112,15 @@ def test_ddp_wrapped_model_is_reduced_once(runs: dict[str, Path], method: str) -
     want = _load(runs["single"], method, 0)
     for rank in (0, 1):
         _assert_params_close(_load(runs["ddp"], method, rank), want, f"ddp {method} rank {rank}")
+
+
+def test_ddp_does_not_reduce_what_the_balancer_writes(runs: dict[str, Path]) -> None:
+    """The Balancer takes every gradient with torch.autograd.grad, so DDP's reducer (hooked
+    on the accumulation into .grad) never fires: even with the forward outside no_sync() the
+    update is reduced once, by the Balancer (docs/distributed.md, the DDP contract)."""
+    want = _load(runs["single"], "dbmtl", 0)
+    for rank in (0, 1):
+        _assert_params_close(_load(runs["ddp_sync"], "dbmtl", rank), want, f"rank {rank}")
 
 
 @pytest.mark.parametrize("method", ["dbmtl", "uw"])

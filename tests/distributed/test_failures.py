@@ -3,6 +3,7 @@ SIGKILL mid-training (gloo, CPU), every run bounded by a timeout."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtltrain import distributed
 
@@ -100,3 +102,27 @@ def test_env_errors_name_the_variable() -> None:
         distributed.env({"RANK": "2", "WORLD_SIZE": "2", "MASTER_PORT": "1"})
     with pytest.raises(ValueError, match="--nproc must be at least 1"):
         distributed.launch(["true"], 0)
+
+
+def test_two_process_run_killed_and_resumed_continues_identically(tmp_path: Path) -> None:
+    """Rank 1 is killed after step 5 (the last checkpoint is step 3); the relaunched job
+    resumes from it and ends exactly where an uninterrupted 2-process run ends."""
+    worker = Path(__file__).with_name("_trainer_worker.py")
+
+    def job(out: Path, ckpt: Path, *kill: str) -> int:
+        cmd = [sys.executable, str(worker), str(out), str(ckpt), *kill]
+        return distributed.launch(cmd, 2, timeout_s=BOUND_S, grace_s=30)
+
+    assert job(tmp_path / "full.json", tmp_path / "full") == 0
+    assert job(tmp_path / "cut.json", tmp_path / "cut", "1", "5") != 0
+    assert not (tmp_path / "cut.json").exists()
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert saved["step"] == 3  # rank 0 could not finish step 6 without rank 1
+    assert job(tmp_path / "cut.json", tmp_path / "cut") == 0
+    full = json.loads((tmp_path / "full.json").read_text())
+    cut = json.loads((tmp_path / "cut.json").read_text())
+    assert cut["first_step"] == 4 and full["first_step"] == 1  # it resumed after step 3
+    assert cut["steps"] == full["steps"]
+    assert cut["params"] == full["params"]  # bit for bit
+    assert cut["bal"] == full["bal"]
+    assert cut["val"] == full["val"]

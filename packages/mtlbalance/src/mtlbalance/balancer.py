@@ -195,6 +195,11 @@ class Balancer:
         return self._engine.engine
 
     @property
+    def process_group(self) -> Any:
+        """The ``process_group=`` given (None: one process, nothing is averaged)."""
+        return None if self._collective is None else self._collective.given
+
+    @property
     def communicated_bytes(self) -> int:
         """Data parallel: the payload (bytes) this rank put into collectives in its last
         step (0 with one process); a ring all-reduce sends about ``2 (W-1)/W`` times it."""

@@ -43,6 +43,7 @@ __all__ = [
     "is_distributed",
     "launch",
     "shard_loader",
+    "split_batch",
     "world_size",
 ]
 
@@ -127,9 +128,10 @@ def init_from_env(
     if dev.type == "cuda":
         torch.cuda.set_device(job.local_rank)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(
+        os.environ.setdefault("MASTER_ADDR", job.master_addr)
+        torch.distributed.init_process_group(  # env://: torchrun's agent store when it has one
             backend=backend,
-            init_method=f"tcp://{job.master_addr}:{job.master_port}",
+            init_method="env://",
             rank=job.rank,
             world_size=job.world_size,
             timeout=datetime.timedelta(seconds=timeout_s),
@@ -286,6 +288,60 @@ def shard_loader(loader: Any, *, seed: int = 0) -> Any:
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
         drop_last=loader.drop_last,
+    )
+
+
+def split_batch(inputs: Any, targets: Mapping[str, Any]) -> tuple[Any, dict[str, Any], float]:
+    """This rank's contiguous slice (along dim 0) of a global batch, and the weight of its
+    losses: rank r of W takes rows ``[⌊r n/W⌋, ⌊(r+1) n/W⌋)`` of every tensor (in dicts,
+    lists, tuples), and a mean loss over its ``n_r`` rows weighted by ``W n_r / n`` averages
+    across the ranks to the global batch's mean loss, even when W does not divide n."""
+    world = world_size()
+    me = int(torch.distributed.get_rank()) if world > 1 else 0
+    sizes = {int(t.shape[0]) for t in _tensors(targets) if t.dim() > 0}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"cannot split the batch across {world} ranks: its targets have first dimensions "
+            f"{sorted(sizes) or 'none'}, not one batch size"
+        )
+    (n,) = sizes
+    if n < world:
+        raise ValueError(
+            f"a batch of {n} sample(s) cannot be split across {world} ranks; use a batch size "
+            f"of at least {world} (and drop_last=True for a short last batch)"
+        )
+    lo, hi = me * n // world, (me + 1) * n // world
+    return _slice(inputs, lo, hi, n), _slice(dict(targets), lo, hi, n), world * (hi - lo) / n
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _slice(obj: Any, lo: int, hi: int, n: int) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 0 or obj.shape[0] != n:
+            raise ValueError(
+                f"cannot split a batch of {n} samples: a tensor of shape {tuple(obj.shape)} "
+                f"has no batch dimension first; give the trainer a rank-sharded loader "
+                f"instead (TrainerConfig(data_parallel='sharded_loader'))"
+            )
+        return obj[lo:hi]
+    if isinstance(obj, Mapping):
+        return {k: _slice(v, lo, hi, n) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_slice(v, lo, hi, n) for v in obj)
+    raise TypeError(
+        f"cannot split a batch holding a {type(obj).__name__} across ranks (tensors, dicts, "
+        f"lists and tuples of them can be); give the trainer a rank-sharded loader instead "
+        f"(TrainerConfig(data_parallel='sharded_loader'), e.g. mtltrain.distributed."
+        f"shard_loader)"
     )
 
 

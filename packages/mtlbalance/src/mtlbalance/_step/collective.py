@@ -14,6 +14,7 @@ Grads = list[Tensor | None]
 ProcessGroupArg = Any  # torch.distributed.ProcessGroup | Literal["world"] | None
 
 DEFAULT_BUCKET_BYTES = 25 * 1024 * 1024  # DDP's default bucket_cap_mb
+INPLACE_BYTES = 1024 * 1024  # a tensor this large is reduced in place; smaller ones packed
 
 
 class Collective:
@@ -26,7 +27,12 @@ class Collective:
     ring all-reduce sends is about ``2 (W-1)/W`` times that).
     """
 
-    def __init__(self, group: Any, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
+    def __init__(
+        self,
+        group: Any,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        inplace_bytes: int = INPLACE_BYTES,
+    ):
         if group is None:
             raise ValueError("Collective needs a process group (or 'world')")
         if isinstance(group, str) and group != "world":
@@ -38,9 +44,15 @@ class Collective:
             raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
         self._group = group
         self.bucket_bytes = int(bucket_bytes)
+        self.inplace_bytes = int(inplace_bytes)
         self.bytes_last_step = 0
 
     # ------------------------------------------------------------------ group
+    @property
+    def given(self) -> Any:
+        """The group as given (``"world"`` or a ProcessGroup)."""
+        return self._group
+
     @property
     def group(self) -> Any:
         """The process group (None: the default group of an initialised job)."""
@@ -66,8 +78,8 @@ class Collective:
     # ------------------------------------------------------------------ collectives
     def mean_(self, tensors: Sequence[Tensor]) -> None:
         """Average contiguous dense tensors across the group, in place, in buckets of at most
-        ``bucket_bytes`` (a large tensor is cut into bucket-sized slices of its flat view;
-        small ones are packed together)."""
+        ``bucket_bytes``: a tensor of ``INPLACE_BYTES`` or more (the rows) is reduced where it
+        is, in bucket-sized slices of its flat view; smaller ones are packed into buckets."""
         import torch.distributed as dist
 
         group, world = self.group, self.world_size
@@ -81,7 +93,7 @@ class Collective:
             if not t.is_contiguous():
                 raise ValueError("Collective.mean_ reduces contiguous tensors in place")
             per = max(1, self.bucket_bytes // t.element_size())
-            if t.numel() >= per:
+            if t.numel() * t.element_size() >= self.inplace_bytes:  # in place, in slices
                 flat = t.view(-1)
                 for start in range(0, flat.numel(), per):
                     part = flat[start : start + per]
@@ -126,8 +138,9 @@ class Collective:
 
         g = g.coalesce()
         world = self.world_size
-        counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-        dist.all_gather(counts, torch.tensor([g._nnz()], dtype=torch.int64), group=self.group)
+        counts = [torch.zeros(1, dtype=torch.int64, device=g.device) for _ in range(world)]
+        mine = torch.tensor([g._nnz()], dtype=torch.int64, device=g.device)
+        dist.all_gather(counts, mine, group=self.group)
         top = int(max(c.item() for c in counts))
         idx = torch.zeros(g.sparse_dim(), top, dtype=torch.int64, device=g.device)
         val = torch.zeros((top, *g.shape[g.sparse_dim() :]), dtype=g.dtype, device=g.device)
