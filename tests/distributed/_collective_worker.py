@@ -7,10 +7,12 @@ large tensor and the packing of small ones into several buckets."""
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
+import mtlbalance
 from mtlbalance._step.collective import Collective
 from mtltrain import distributed
 
@@ -31,6 +33,15 @@ def main(out: Path) -> None:
     rows = torch.full((2, 1 + job.rank), k)  # rank r holds 1 + r representation columns
     gathered = c.gather_rows(rows)
     draws = c.broadcast(torch.tensor([10.0 + job.rank]))
+    payload = c.bytes_last_step
+    # a Balancer without process_group in a job: every rank alone, and it says so once
+    enc = torch.nn.Linear(2, 1)
+    balancer = mtlbalance.make("ew", enc, tasks=["a"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            balancer.backward({"a": enc(torch.ones(1, 2)).sum()})
+    said = [str(w.message) for w in caught if "has no process_group" in str(w.message)]
     torch.save(
         {
             "big": big,
@@ -40,7 +51,8 @@ def main(out: Path) -> None:
             "sparse": sparse_mean.to_dense(),
             "gathered": gathered,
             "draws": draws,
-            "bytes": c.bytes_last_step,
+            "bytes": payload,
+            "warned": said,
         },
         out / f"rank{job.rank}.pt",
     )

@@ -31,6 +31,8 @@ def test_bucketed_mean_gather_broadcast(tmp_path: Path) -> None:
         # rank 0: 1 column of 1s, rank 1: 2 columns of 2s; concatenated in rank order, / W
         assert torch.equal(got["gathered"], torch.tensor([[0.5, 1.0, 1.0], [0.5, 1.0, 1.0]]))
         assert torch.equal(got["draws"], torch.tensor([10.0]))  # rank 0's
+        assert len(got["warned"]) == 1, got["warned"]  # once, not every step
+        assert "initialised with 2 processes but the Balancer" in got["warned"][0]
     # the payload of rank 0's last collectives (since construction): 800 + 7·12 + 5·2 (mean_)
     # + 24 (the expanded copy) + the sparse gather (1·2 indices · 8 + 2 values · 4, padded to
     # the larger count 2) + 2·1·4 (rows, padded to 2 columns: 2·2·4) + 4 (broadcast)
