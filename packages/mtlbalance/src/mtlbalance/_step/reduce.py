@@ -174,9 +174,11 @@ def _warn_unreduced(setup: Setup) -> None:
         setup.warned.add("unreduced")
         warnings.warn(
             f"mtlbalance: torch.distributed is initialised with {dist.get_world_size()} "
-            f"processes but the Balancer has no process_group, so each rank balances its own "
-            f"shard and nothing is averaged (the Balancer writes .grad without a "
-            f".backward(): DistributedDataParallel's hooks do not reduce it). Pass "
+            f"processes but the Balancer has no process_group: it averages nothing across "
+            f"the ranks, and DistributedDataParallel does not either (the Balancer writes "
+            f".grad without a .backward(), so DDP's hooks never fire). Unless something else "
+            f"averages the losses and gradients it reads (mtlrec's global_mean_losses and "
+            f"DenseGradSync do), each rank balances its own shard: pass "
             f"process_group='world' (or a group) for data-parallel balancing",
             stacklevel=4,
         )
