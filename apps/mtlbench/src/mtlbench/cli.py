@@ -145,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
         "--log-every", type=int, default=50, help="per-step values reach the host every N steps"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data parallel: start N processes (gloo on CPU, nccl on GPU), each training its "
+        "shard of every batch; under torchrun leave it out (docs/distributed.md)",
+    )
     _add_store_options(run)
 
     rep = sub.add_parser(
@@ -225,7 +232,9 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     _quiet_libraries()
     try:
         with _store_deadlines(getattr(args, "store_timeout", None)):
@@ -250,6 +259,17 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .launch import job, relaunch
+
+    code = relaunch(args.argv, args.nproc)
+    if code is not None:
+        return code
+    with job(args.device):
+        return _run_here(args)
+
+
+def _run_here(args: argparse.Namespace) -> int:
+    from .launch import is_rank0
     from .runner import run_benchmark, with_epochs
 
     spec = with_epochs(find_spec(args.spec, args.specs), args.epochs)
@@ -279,6 +299,8 @@ def _run(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         store_timeout=args.store_timeout,
     )
+    if not is_rank0():  # rank 0 reports the job
+        return 0
     report = build_report(spec, records)
     paths = write_report(report, Path(args.out) / "reports" / spec.name)
     print()

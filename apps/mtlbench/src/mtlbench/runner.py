@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 import mtlbalance
+from mtltrain.distributed import is_distributed, local_device, world_size
 from mtltrain.problem import Problem
 from mtltrain.results import FINAL_TEST_DELTA_P, final_key
 from mtltrain.tracking import Tracker
@@ -35,6 +36,7 @@ from mtltrain.trainer import (
     seed_everything,
 )
 
+from .launch import NullTracker, is_rank0, quiet_preflight
 from .preflight import check_checkpoints, check_methods, lock_out_dir
 from .publish import DELTA_P_STD, SEEDS, experiment_tags
 from .reference import stl_reference, usable_runs
@@ -79,11 +81,16 @@ def _versioned(spec: Spec) -> list[str]:
     return list(dict.fromkeys([*VERSIONED, top]))
 
 
+def _silent(text: str) -> None:
+    """The echo of ranks other than 0."""
+
+
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given (``cuda`` in a
+    job: this rank's GPU, ``cuda:LOCAL_RANK``)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+        return local_device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = local_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here; use cpu or auto")
     return dev
@@ -141,7 +148,10 @@ def run_benchmark(
     """
     if resume and restart:
         raise ValueError("--resume continues earlier runs, --restart deletes them: pick one")
-    check_methods(spec, [*methods, *([STL] if stl else [])])
+    with quiet_preflight():
+        check_methods(spec, [*methods, *([STL] if stl else [])])
+    if not is_rank0():  # rank 0 speaks for the job
+        echo = _silent
     out_dir = Path(out_dir)
     planned: list[tuple[str, int, str | None]] = []
     if stl:
@@ -152,7 +162,8 @@ def run_benchmark(
         resume=resume,
         restart=restart,
     )
-    with lock_out_dir(out_dir), contextlib.ExitStack() as groups_open:
+    lock = lock_out_dir(out_dir) if is_rank0() else contextlib.nullcontext()
+    with lock, contextlib.ExitStack() as groups_open:
         dev = resolve_device(device)
         problem = build_problem(spec)
         records: list[RunRecord] = []
@@ -174,8 +185,10 @@ def run_benchmark(
         }
         groups: dict[str, Tracker] = {}
 
-        def group(method: str) -> str:
-            """The spool run id of ``method``'s group run, started on first use."""
+        def group(method: str) -> str | None:
+            """The spool run id of ``method``'s group run, started on first use (rank 0)."""
+            if not is_rank0():
+                return None
             if method not in groups:
                 groups[method] = groups_open.enter_context(
                     _group_tracker(spec, method, seeds, tracking_uri, Path(spool_root), tags)
@@ -217,7 +230,8 @@ def run_benchmark(
                     **common,
                 )
             )
-        _close_groups(spec, groups, records + earlier)
+        if is_rank0():
+            _close_groups(spec, groups, records + earlier)
     return records + earlier
 
 
@@ -376,6 +390,8 @@ def run_one(
         options["task"] = stl_task
     if params.tables is not None:
         options["tables"] = params.tables
+    if is_distributed():  # every rank balances the global batch (docs/distributed.md)
+        options["process_group"] = "world"
     balancer = mtlbalance.make(method, params.shared, params.tasks, **options)
     optimizer = _optimizer(spec, [*model.parameters(), *balancer.parameters()])
     scheduler = _scheduler(spec, optimizer)
@@ -391,7 +407,10 @@ def run_one(
     config = {
         "spec": spec.as_dict(),
         "method": method,
-        "method_options": {k: v for k, v in options.items() if k != "tables"},
+        "method_options": {
+            k: v for k, v in options.items() if k not in ("tables", "process_group")
+        },
+        "world_size": world_size(),
         "balance_tables": problem.balance_tables,
         "seed": seed,
         "stl_task": stl_task,
@@ -399,17 +418,21 @@ def run_one(
         "problem": problem.info,
         "reference": "stl" if val_reference is not None else "first_epoch",
     }
-    tracker = Tracker(
-        spec.experiment,
-        spool_root=spool_root,
-        tracking_uri=tracking_uri,
-        run_name=run_name,
-        tags=tags,
-        log_every=log_every,
-        resume=resume_id,
-        parent=parent,
-        experiment_tags=experiment_tags(spec),
-        system_metrics=True,
+    tracker: Any = (
+        NullTracker()
+        if not is_rank0()
+        else Tracker(
+            spec.experiment,
+            spool_root=spool_root,
+            tracking_uri=tracking_uri,
+            run_name=run_name,
+            tags=tags,
+            log_every=log_every,
+            resume=resume_id,
+            parent=parent,
+            experiment_tags=experiment_tags(spec),
+            system_metrics=True,
+        )
     )
     with tracker:
         if resume_id is None:

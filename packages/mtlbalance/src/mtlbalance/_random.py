@@ -36,7 +36,9 @@ class RandomDraws:
         queue = self.__dict__.get("_forced_draws")
         if queue:
             return queue.pop(0).to(like.device)
-        return self.sample_draws(num_tasks, like)
+        drawn = self.sample_draws(num_tasks, like)
+        sync = self.__dict__.get("_sync_draws")  # data parallel: rank 0's draws (_step/reduce)
+        return drawn if sync is None else sync(drawn)
 
 
 def gaussian(num_tasks: int, like: Tensor) -> Tensor:

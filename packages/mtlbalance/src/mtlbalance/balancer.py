@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ._params import FlatLayout, ParamSource, check_disjoint, check_table_overlap, named_params
-from ._step import accumulate, inputs, pipeline, scaling, transform
+from ._step import accumulate, inputs, pipeline, reduce, scaling, transform
 from ._step.buffers import EngineSlot, UpdateBuffers
 from ._step.context import Accumulation, Options, Setup, Step
 from .aggregators.base import Aggregator
@@ -89,6 +89,14 @@ class Balancer:
             that reports none: ``c_t = 1``, with a warning). Same forms as ``shared``; a
             parameter may not be in both. For the exact treatment, put the tables in
             ``shared`` instead. See docs/mtlbalance.md, "Large shared tables (approximate)".
+        process_group: data-parallel balancing (docs/distributed.md): ``"world"`` (the default
+            group) or a ``torch.distributed.ProcessGroup``. Each rank passes the losses of
+            its equal shard of the global batch; the losses (before the transform) and what
+            the method reads (exact gradient level: the (T, P) rows, T × EW's all-reduce; loss
+            level: the one combined gradient, EW's) are averaged across the ranks, so every
+            rank computes the global batch's update and state, and ``.grad`` is the global
+            mean already: do not all-reduce it again (under ``DistributedDataParallel`` run
+            the forward in ``no_sync()``). None (default): one process.
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class Balancer:
         chunk_size: int | None = None,
         retain_graph: bool = False,
         tables: ParamSource | None = None,
+        process_group: reduce.ProcessGroupArg = None,
     ):
         self.layout = FlatLayout(named_params(shared, "shared"))
         self._task_named: dict[str, list[tuple[str, Tensor]]] = {
@@ -136,6 +145,7 @@ class Balancer:
             make_engine(engine, chunk_size=chunk_size, deterministic=deterministic)
         )
         self._buffers = UpdateBuffers(self.layout)
+        self._collective = reduce.resolve(process_group)
         self.step = 0
         self._setup: Setup | None = None
         self._acc: Accumulation | None = None
@@ -184,6 +194,17 @@ class Balancer:
         """The gradient engine in use (the loop engine after a fallback)."""
         return self._engine.engine
 
+    @property
+    def process_group(self) -> Any:
+        """The ``process_group=`` given (None: one process, nothing is averaged)."""
+        return None if self._collective is None else self._collective.given
+
+    @property
+    def communicated_bytes(self) -> int:
+        """Data parallel: the payload (bytes) this rank put into collectives in its last
+        step (0 with one process); a ring all-reduce sends about ``2 (W-1)/W`` times it."""
+        return 0 if self._collective is None else self._collective.bytes_last_step
+
     # ------------------------------------------------------------------ tasks
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -217,7 +238,9 @@ class Balancer:
             engine=self._engine,
             buffers=self._buffers,
             options=self._options,
+            collective=self._collective,
         )
+        reduce.attach(self._setup)
 
     def _ready(self, losses: Losses) -> Setup:
         """The setup, the tasks named from the first losses if they were not given."""
@@ -298,7 +321,7 @@ class Balancer:
                 f"{self._acc.count} accumulated micro-batch(es) are pending: finish them with "
                 f"backward_accumulated() (or give this one to accumulate() first)"
             )
-        vec = torch.stack(raw)
+        vec = reduce.losses(setup, torch.stack(raw))
         scale = scaling.parse(loss_scale, vec)
         scale_bad = None if scale is None else scaling.bad_flag(scale)
         zs = inputs.representation(representation)
@@ -371,6 +394,7 @@ class Balancer:
             raise RuntimeError("no micro-batches to balance: call accumulate(losses) first")
         self._acc = None  # a failed check below writes nothing and drops the micro-batches
         assert self._setup is not None
+        reduce.accumulation(self._setup, acc)
         vec = acc.loss_sum / acc.count
         transformed, seed, transform_grads = transform.apply(
             self._setup.transform, vec, self._setup.transform_params()
@@ -401,6 +425,8 @@ class Balancer:
         new parameters, for methods that need them (FAMO; see :attr:`needs_after_step`). No
         gradients are taken."""
         vec = inputs.after_step_losses(losses, self.task_names)
+        if self._setup is not None:
+            vec = reduce.after_step_losses(self._setup, vec)
         self.transform.after_step(vec)
         self.aggregator.after_step(vec)
 

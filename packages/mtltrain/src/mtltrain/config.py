@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["PRECISIONS", "SELECTIONS", "TrainerConfig"]
+__all__ = ["DATA_PARALLEL", "PRECISIONS", "SELECTIONS", "TrainerConfig"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SELECTIONS = ("val_delta_p", "last")
+DATA_PARALLEL = ("split_batch", "sharded_loader")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,14 @@ class TrainerConfig:
         progress_label: shown in front of the bars (``mtlbench``: "run 3 of 12, dbmtl seed 1").
         init_scale, growth_interval: fp16 dynamic loss scale: start value, and how many
             finite steps in a row double it (an overflow halves it and skips the step).
+        data_parallel: under torch.distributed (docs/distributed.md), where each rank's
+            shard of the global batch comes from: ``"split_batch"`` — every rank reads the
+            same batches and trains on its contiguous slice of each (a W-process run equals
+            the one-process run on the same batches; a slice's losses are weighted
+            ``W n_r / n`` so uneven slices still average to the global mean);
+            ``"sharded_loader"`` — the training loader already yields this rank's batches
+            (``mtltrain.distributed.shard_loader``, a streaming reader); equal batch sizes
+            on every rank are the caller's business.
     """
 
     epochs: int
@@ -63,6 +72,7 @@ class TrainerConfig:
     progress_label: str | None = None
     init_scale: float = 2.0**16
     growth_interval: int = 2000
+    data_parallel: str = "split_batch"
 
     def __post_init__(self) -> None:
         for key in ("epochs", "accumulate", "log_every", "growth_interval"):
@@ -81,6 +91,11 @@ class TrainerConfig:
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', not {self.precision!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be 'val_delta_p' or 'last', not {self.selection!r}")
+        if self.data_parallel not in DATA_PARALLEL:
+            raise ValueError(
+                f"data_parallel must be 'split_batch' or 'sharded_loader', not "
+                f"{self.data_parallel!r}"
+            )
         if self.scheduler_interval not in ("epoch", "step"):
             raise ValueError(
                 f"scheduler_interval must be 'epoch' or 'step', not {self.scheduler_interval!r}"

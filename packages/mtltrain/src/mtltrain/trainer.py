@@ -12,6 +12,12 @@ validation Δp), gradient accumulation that balances the accumulated per-task gr
 bf16/fp16 mixed precision (:mod:`.precision`), deterministic seeding, checkpoints that resume
 bit-for-bit mid-epoch (:mod:`.checkpoint`), progress (:mod:`.progress`) and tracking
 (:class:`~mtltrain.tracking.Tracker`).
+
+Under torch.distributed with a Balancer that averages across the ranks (``process_group=``,
+docs/distributed.md) every rank runs this loop on its shard of each global batch
+(``TrainerConfig.data_parallel``); rank 0's parameters are broadcast at the start, rank 0 evaluates
+(the others take its numbers, so selection and early stopping agree), tracks and writes
+checkpoints; a failed collective names the rank that stopped (:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .checkpoint import (
     BEST_MODEL,
     CHECKPOINT_FORMAT,
@@ -199,7 +206,9 @@ class Trainer:
                 resumed = True
         if not resumed:
             seed_everything(cfg.seed)
-        with _deterministic(cfg.deterministic):
+        if self._data_parallel:  # every rank starts from rank 0's model
+            distributed.broadcast_module(self.model)
+        with _deterministic(cfg.deterministic), distributed.fail_cleanly():
             if not resumed and self.tracker is not None:
                 self.tracker.log_params({"trainer": asdict(cfg)})
             while self.epoch < cfg.epochs and not self._stop:
@@ -371,6 +380,9 @@ class Trainer:
         else:
             self._epoch_rng = rng_state()
             iterator = iter(train)
+        sampler = getattr(train, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # a DistributedSampler: this epoch's order
+            sampler.set_epoch(self.epoch)  # type: ignore[union-attr]
         self.model.train()
         accumulated = 0
         last_losses: dict[str, Tensor] | None = None
@@ -385,9 +397,14 @@ class Trainer:
         )
         for batch in bar:
             inputs, targets = self._unpack(batch)
+            weight = None
+            if self._split_batches:
+                inputs, targets, weight = distributed.split_batch(inputs, targets)
             with self.precision.autocast():
                 rep, preds = self._forward(inputs)
             losses = self._losses(preds, targets)
+            if weight is not None:  # this rank's slice: its share of the global mean
+                losses = {t: loss * weight for t, loss in losses.items()}
             self.batches_done += 1
             if running is not None:
                 running.add(losses)
@@ -432,9 +449,15 @@ class Trainer:
             return  # fp16 overflow: smaller scale, no step
         self.optimizer.step()
         if self._needs_after_step:
+            weight = None
+            if self._split_batches:
+                inputs, targets, weight = distributed.split_batch(inputs, targets)
             with torch.no_grad(), self.precision.autocast():
                 _, preds = self._forward(inputs)
-                self.balancer.after_step(self._losses(preds, targets))
+                after = self._losses(preds, targets)
+                if weight is not None:
+                    after = {t: loss * weight for t, loss in after.items()}
+                self.balancer.after_step(after)
         if self.tracker is not None:
             self.tracker.log_balance_stats(stats, self.step)
             self.tracker.log_step({"train/lr": _lr(self.optimizer)}, self.step)
@@ -450,7 +473,7 @@ class Trainer:
         cfg = self.config
         logged: dict[str, float] = {"epoch_seconds": record.seconds, "lr": record.lr}
         if val is not None:
-            record.val, val_losses = self.evaluate(val, desc="val")
+            record.val, val_losses = self._evaluate_on_rank0(val, "val")
             improved = self.selection.update(record)
             assert record.val_delta_p is not None
             logged.update(_flat("val", record.val, val_losses))
@@ -462,7 +485,7 @@ class Trainer:
             if cfg.early_stopping is not None and self.selection.bad_epochs >= cfg.early_stopping:
                 self._stop = True
         if test is not None:
-            record.test, test_losses = self.evaluate(test, desc="test")
+            record.test, test_losses = self._evaluate_on_rank0(test, "test")
             logged.update(_flat("test", record.test, test_losses))
             if self.test_reference is not None:
                 record.test_delta_p = delta_p(
@@ -480,6 +503,26 @@ class Trainer:
             if record.skipped_steps:
                 parts.append(f"{record.skipped_steps} fp16 overflow steps skipped")
             self.progress.line("  ".join(parts))
+
+    @property
+    def _data_parallel(self) -> bool:
+        """A torch.distributed job whose Balancer averages across the ranks (a model-parallel
+        job, sharded tables, decides these things itself)."""
+        group = getattr(self.balancer, "process_group", None)
+        return group is not None and distributed.is_distributed()
+
+    @property
+    def _split_batches(self) -> bool:
+        return self.config.data_parallel == "split_batch" and self._data_parallel
+
+    def _evaluate_on_rank0(self, loader: Any, desc: str) -> tuple[Metrics, dict[str, float]]:
+        """:meth:`evaluate`, on rank 0 only in a data-parallel run (the others take its
+        numbers: model selection, early stopping and the LR schedule must agree)."""
+        if not self._data_parallel:
+            return self.evaluate(loader, desc=desc)
+        result: list[Any] = [self.evaluate(loader, desc=desc) if rank() == 0 else None]
+        torch.distributed.broadcast_object_list(result, src=0)
+        return result[0]
 
     def _log_final(self, result: FitResult) -> None:
         tracker = self.tracker

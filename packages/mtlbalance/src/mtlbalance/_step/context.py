@@ -10,6 +10,7 @@ from .._params import FlatLayout
 from ..aggregators.base import Aggregator
 from ..transforms.base import LossTransform
 from .buffers import EngineSlot, UpdateBuffers
+from .collective import Collective
 
 Grads = list[Tensor | None]
 
@@ -56,6 +57,7 @@ class Setup:
     buffers: UpdateBuffers
     options: Options
     warned: set[str] = field(default_factory=set)  # one-time warnings already given
+    collective: Collective | None = None  # data parallel: the process group (see reduce.py)
 
     @property
     def table_params(self) -> list[Tensor]:

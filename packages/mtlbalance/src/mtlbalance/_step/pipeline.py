@@ -44,6 +44,7 @@ def run(setup: Setup, step: Step) -> BalanceStats:
             return stats.skipped(setup, step)
     else:
         combine.run(setup, step)
+        reduce.combined(setup, step)
         if check.gate(
             setup,
             step,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import check, combine, scaling
+from . import check, combine, reduce, scaling
 from .context import Setup, Step
 
 
@@ -60,6 +60,7 @@ def run(setup: Setup, step: Step, saved: dict[str, Any] | None) -> bool:
         )
         check.tables_reached(setup, [g is not None for g in grads])
         step.table_grads = scaling.unscaled(grads, step.scale)
+        reduce.table_grads(setup, step)
     else:  # ∇ Σ_t c_t ℓ̃_t = Σ_s (cᵀ D)_s mean ∇ℓ_s
         coef = combine.coefficients(step.seed, c.to(step.seed.device)) / acc.count
         step.table_grads = combine.combine_sums(acc.table_grads, coef)

@@ -1,0 +1,144 @@
+"""One rank of the data-parallel tests (started by the tests as a real process).
+
+    python _worker.py OUT_DIR METHODS MODE STEPS [KILL_RANK KILL_STEP]
+
+METHODS: comma-separated method names, trained one after the other in the same job; a
+suffix ``@tables`` / ``@sparse`` adds an embedding table balanced with ``tables=``.
+
+MODE: ``plain`` (torch.distributed, no DDP), ``ddp`` (the model wrapped in
+DistributedDataParallel, its forward under ``no_sync()``), ``ddp_sync`` (the same without
+``no_sync()``), ``accumulate`` (two micro-batches
+per step), ``single`` (one process, no torch.distributed: the reference on the global batch).
+Every step draws a fixed global batch of 8 samples; rank r of W takes its contiguous shard.
+Writes OUT_DIR/<method>-rank<r>.pt: the parameters after every step, the balancer's state, the
+stats and the bytes the balancer communicated.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import mtlbalance
+from mtltrain import distributed
+
+GLOBAL_BATCH = 8
+SCALES = (1.0, 10.0, 0.01)  # losses three orders of magnitude apart
+TASKS = ("a", "b", "c")
+
+
+class Net(nn.Module):
+    """Encoder and three heads; ``variant`` "tables" / "sparse" adds an embedding table
+    (dense / sparse gradients) read with ids derived from the inputs, balanced with
+    ``tables=`` (one backward of Σ c_t ℓ̃_t)."""
+
+    def __init__(self, variant: str = "") -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 2, sparse=variant == "sparse") if variant else None
+        self.encoder = nn.Sequential(nn.Linear(4 + (2 if variant else 0), 6), nn.Tanh())
+        self.heads = nn.ModuleDict({t: nn.Linear(6, 1) for t in TASKS})
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.emb is not None:
+            ids = (x[:, 0].abs() * 3).long() % 10
+            x = torch.cat([x, self.emb(ids)], dim=1)
+        z = self.encoder(x)
+        return z, {t: h(z).squeeze(-1) for t, h in self.heads.items()}
+
+
+def batch(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(GLOBAL_BATCH, 4, generator=g)
+    ys = {t: torch.randn(GLOBAL_BATCH, generator=g) * (1 + i) for i, t in enumerate(TASKS)}
+    return x, ys
+
+
+def losses_of(net: nn.Module, x: torch.Tensor, ys: dict[str, torch.Tensor]) -> tuple:
+    z, preds = net(x)
+    return z, {
+        t: s * torch.nn.functional.mse_loss(preds[t], ys[t])
+        for t, s in zip(TASKS, SCALES, strict=True)
+    }
+
+
+def main(argv: list[str]) -> None:
+    out, methods, mode, steps = Path(argv[0]), argv[1].split(","), argv[2], int(argv[3])
+    kill = (int(argv[4]), int(argv[5])) if len(argv) > 5 else (-1, -1)
+    job = None if mode == "single" else distributed.init_from_env("cpu", timeout_s=30)
+    with distributed.fail_cleanly():
+        for method in methods:
+            train(out, method, mode, steps, kill, job)
+    if job is not None:
+        torch.distributed.destroy_process_group()
+
+
+def train(
+    out: Path,
+    method: str,
+    mode: str,
+    steps: int,
+    kill: tuple[int, int],
+    job: distributed.DistEnv | None,
+) -> None:
+    rank, world = (0, 1) if job is None else (job.rank, job.world_size)
+    name, _, variant = method.partition("@")
+    torch.manual_seed(0)
+    net = Net(variant)
+    model: nn.Module = net
+    if mode.startswith("ddp"):
+        model = nn.parallel.DistributedDataParallel(net)
+    balancer = mtlbalance.make(
+        name,
+        net.encoder,
+        {t: net.heads[t] for t in TASKS},
+        engine="loop",
+        process_group=None if job is None else "world",
+        tables=None if net.emb is None else [net.emb.weight],
+    )
+    optimizer = torch.optim.SGD([*net.parameters(), *balancer.parameters()], lr=0.01)
+    torch.manual_seed(123 + rank)  # the draws of randomised methods must come from rank 0
+    params, stats, comm = [], [], []
+    lo, hi = rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world
+    for step in range(steps):
+        if (rank, step) == kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        x, ys = batch(step)
+        x, ys = x[lo:hi], {t: y[lo:hi] for t, y in ys.items()}
+        optimizer.zero_grad(set_to_none=True)
+        if mode == "accumulate":
+            half = (hi - lo) // 2
+            for part in (slice(0, half), slice(half, hi - lo)):
+                _, losses = losses_of(model, x[part], {t: y[part] for t, y in ys.items()})
+                balancer.accumulate(losses)
+            result = balancer.backward_accumulated()
+        elif mode == "ddp":
+            with model.no_sync():  # type: ignore[operator]
+                z, losses = losses_of(model, x, ys)
+            result = balancer.backward(losses, representation=z)
+        elif mode == "ddp_sync":  # the forward outside no_sync(): DDP's hooks stay armed
+            z, losses = losses_of(model, x, ys)
+            result = balancer.backward(losses, representation=z)
+        else:
+            z, losses = losses_of(model, x, ys)
+            result = balancer.backward(losses, representation=z)
+        optimizer.step()
+        if balancer.needs_after_step:
+            with torch.no_grad():
+                balancer.after_step(losses_of(model, x, ys)[1])
+        balancer.epoch_end()
+        params.append([p.detach().clone() for p in net.parameters()])  # (tables included)
+        stats.append(result.to_dict())
+        comm.append(balancer.communicated_bytes)
+    torch.save(
+        {"params": params, "balancer": balancer.state_dict(), "stats": stats, "bytes": comm},
+        out / f"{method}-rank{rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,141 @@
+"""Data-parallel balancing with real processes (gloo, CPU): W ranks each on their shard of
+the global batch must train exactly as one process on the whole batch.
+
+Each job runs ``_worker.py`` (started by :func:`mtltrain.distributed.launch`, bounded by a
+timeout) for several methods one after the other; the reference is the same script in one
+process without torch.distributed. Expected values therefore come from the one-process
+code path (no reduce stage at all), never from the distributed one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtltrain import distributed
+
+WORKER = Path(__file__).with_name("_worker.py")
+STEPS = 4
+TIMEOUT_S = 240
+# gradient level exact (dbmtl, pcgrad: random order), loss level (ew, uw: learned
+# log-variances, rlw: random weights, famo: after_step state), representation level (mgda_ub)
+METHODS = ("ew", "dbmtl", "pcgrad", "uw", "rlw", "famo", "mgda_ub")
+# with an embedding table balanced approximately (tables=): dense and sparse gradients
+TABLES = ("dbmtl@tables", "dbmtl@sparse", "ew@sparse")
+
+
+def _run_single(out: Path, methods: str, mode: str = "single") -> None:
+    subprocess.run(
+        [sys.executable, str(WORKER), str(out), methods, mode, str(STEPS)],
+        check=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def _run_job(out: Path, methods: str, mode: str, nproc: int = 2) -> None:
+    code = distributed.launch(
+        [sys.executable, str(WORKER), str(out), methods, mode, str(STEPS)],
+        nproc,
+        timeout_s=TIMEOUT_S,
+    )
+    assert code == 0, f"the {nproc}-process job ({mode}, {methods}) failed with {code}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One reference run and the distributed jobs, shared by the tests below."""
+    kinds = ("single", "plain", "ddp", "ddp_sync", "accumulate")
+    dirs = {k: tmp_path_factory.mktemp(k) for k in kinds}
+    _run_single(dirs["single"], ",".join(METHODS + TABLES))
+    _run_job(dirs["plain"], ",".join(METHODS + TABLES), "plain")
+    _run_job(dirs["ddp"], "dbmtl,ew", "ddp")
+    _run_job(dirs["ddp_sync"], "dbmtl", "ddp_sync")
+    _run_job(dirs["accumulate"], "dbmtl,uw", "accumulate")
+    return dirs
+
+
+def _load(d: Path, method: str, rank: int) -> dict:
+    return torch.load(d / f"{method}-rank{rank}.pt", weights_only=True)
+
+
+def _assert_params_close(got: dict, want: dict, what: str) -> None:
+    for step, (ps, qs) in enumerate(zip(got["params"], want["params"], strict=True)):
+        for i, (p, q) in enumerate(zip(ps, qs, strict=True)):
+            torch.testing.assert_close(
+                p, q, rtol=1e-5, atol=1e-5, msg=lambda m, s=step, i=i: f"{what} step {s} p{i}: {m}"
+            )
+
+
+def _assert_identical(a: object, b: object, where: str) -> None:
+    """Bit for bit (every rank must hold the same state, not nearly the same)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{where} differs across ranks"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("method", METHODS + TABLES)
+def test_two_processes_equal_one_process(runs: dict[str, Path], method: str) -> None:
+    want = _load(runs["single"], method, 0)
+    for rank in (0, 1):
+        got = _load(runs["plain"], method, rank)
+        _assert_params_close(got, want, f"{method} rank {rank}")
+        for key in want["stats"][-1]:  # the global losses, weights, norms are reported
+            assert got["stats"][-1][key] == pytest.approx(want["stats"][-1][key], rel=1e-5), key
+
+
+@pytest.mark.parametrize("method", METHODS + TABLES)
+def test_ranks_hold_identical_state(runs: dict[str, Path], method: str) -> None:
+    r0, r1 = _load(runs["plain"], method, 0), _load(runs["plain"], method, 1)
+    _assert_identical(r0["balancer"], r1["balancer"], f"{method} balancer state")
+    _assert_identical(r0["params"], r1["params"], f"{method} parameters")
+    _assert_identical(r0["stats"], r1["stats"], f"{method} stats")
+
+
+@pytest.mark.parametrize("method", ["dbmtl", "ew"])
+def test_ddp_wrapped_model_is_reduced_once(runs: dict[str, Path], method: str) -> None:
+    """DDP's forward under no_sync(): the Balancer's reduction is the only one (a second
+    all-reduce of the mean would not change it, but a missing one would; a sum instead of
+    a mean would double it)."""
+    want = _load(runs["single"], method, 0)
+    for rank in (0, 1):
+        _assert_params_close(_load(runs["ddp"], method, rank), want, f"ddp {method} rank {rank}")
+
+
+def test_ddp_does_not_reduce_what_the_balancer_writes(runs: dict[str, Path]) -> None:
+    """The Balancer takes every gradient with torch.autograd.grad, so DDP's reducer (hooked
+    on the accumulation into .grad) never fires: even with the forward outside no_sync() the
+    update is reduced once, by the Balancer (docs/distributed.md, the DDP contract)."""
+    want = _load(runs["single"], "dbmtl", 0)
+    for rank in (0, 1):
+        _assert_params_close(_load(runs["ddp_sync"], "dbmtl", rank), want, f"rank {rank}")
+
+
+@pytest.mark.parametrize("method", ["dbmtl", "uw"])
+def test_accumulated_steps_equal_one_process(runs: dict[str, Path], method: str) -> None:
+    want = _load(runs["single"], method, 0)
+    r0, r1 = _load(runs["accumulate"], method, 0), _load(runs["accumulate"], method, 1)
+    _assert_params_close(r0, want, f"accumulated {method}")
+    _assert_identical(r0["balancer"], r1["balancer"], f"accumulated {method} balancer state")
+
+
+def test_traffic_per_step(runs: dict[str, Path]) -> None:
+    """What each rank puts into collectives per step, counted by hand for the worker's model
+    (P = 4·6 + 6 = 30 shared values, 3 heads of 6 + 1, T = 3 float32 losses)."""
+    shared, heads, losses = 30, 3 * 7, 3
+    ew = _load(runs["plain"], "ew", 0)["bytes"]
+    dbmtl = _load(runs["plain"], "dbmtl", 0)["bytes"]
+    assert ew == [4 * (losses + shared + heads)] * STEPS  # one combined gradient
+    assert dbmtl == [4 * (losses + 3 * shared + heads)] * STEPS  # the T rows
