@@ -12,6 +12,7 @@ from ._params import FlatLayout, ParamSource, check_disjoint, check_table_overla
 from ._step import accumulate, inputs, pipeline, scaling, transform
 from ._step.buffers import EngineSlot, UpdateBuffers
 from ._step.context import Accumulation, Options, Setup, Step
+from ._step.mode import FastMode, ProbeSource
 from .aggregators.base import Aggregator
 from .aggregators.sum import Sum
 from .engines import Engine, make_engine
@@ -89,6 +90,12 @@ class Balancer:
             that reports none: ``c_t = 1``, with a warning). Same forms as ``shared``; a
             parameter may not be in both. For the exact treatment, put the tables in
             ``shared`` instead. See docs/mtlbalance.md, "Large shared tables (approximate)".
+        mode: ``"exact"`` (Algorithm 1), or an approximation of a gradient-level method that
+            costs about one backward: ``"probe"`` (factors from the rows of ``probe=``, by
+            default the last shared layer every task reaches), ``"representation"`` (from the
+            gradients at ``representation=z``) or ``"periodic"`` (an exact step every
+            ``period=`` steps, default 4, its factors reused in between). The definitions:
+            :mod:`mtlbalance._step.fast`, docs/mtlbalance.md "Fast modes (approximate)".
     """
 
     def __init__(
@@ -107,6 +114,9 @@ class Balancer:
         chunk_size: int | None = None,
         retain_graph: bool = False,
         tables: ParamSource | None = None,
+        mode: str = "exact",
+        probe: ProbeSource = None,
+        period: int | None = None,
     ):
         self.layout = FlatLayout(named_params(shared, "shared"))
         self._task_named: dict[str, list[tuple[str, Tensor]]] = {
@@ -136,6 +146,8 @@ class Balancer:
             make_engine(engine, chunk_size=chunk_size, deterministic=deterministic)
         )
         self._buffers = UpdateBuffers(self.layout)
+        modes = (self.layout, self.aggregator, probe, period, engine, chunk_size, deterministic)
+        self.mode = FastMode(mode, *modes)
         self.step = 0
         self._setup: Setup | None = None
         self._acc: Accumulation | None = None
@@ -217,6 +229,7 @@ class Balancer:
             engine=self._engine,
             buffers=self._buffers,
             options=self._options,
+            mode=self.mode,
         )
 
     def _ready(self, losses: Losses) -> Setup:
@@ -416,6 +429,8 @@ class Balancer:
             "aggregator": self.aggregator.state_dict(),
             "engine": self._engine.state(),
         }
+        if self.mode.approximate:
+            state["mode"] = self.mode.state()
         if self._table_named:  # (the tables keep no state; their shapes check a resume)
             state["tables"] = {n: list(p.shape) for n, p in self._table_named}
         return state
@@ -442,6 +457,7 @@ class Balancer:
                 f"`shared` parameters only, so a run resumes with the same split between "
                 f"`shared` and `tables` (build the balancer with the same tables=)"
             )
+        self.mode.load_state(state.get("mode"))
         self.transform.load_state_dict(state["transform"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.step = int(state["step"])
@@ -452,6 +468,7 @@ class Balancer:
         engine the auto engine chose is kept (it describes the model, not the training)."""
         self.transform.reset()
         self.aggregator.reset()
+        self.mode.reset()
         self.step = 0
 
     def __repr__(self) -> str:

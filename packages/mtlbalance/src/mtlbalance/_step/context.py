@@ -10,6 +10,7 @@ from .._params import FlatLayout
 from ..aggregators.base import Aggregator
 from ..transforms.base import LossTransform
 from .buffers import EngineSlot, UpdateBuffers
+from .mode import FastMode
 
 Grads = list[Tensor | None]
 
@@ -55,6 +56,7 @@ class Setup:
     engine: EngineSlot
     buffers: UpdateBuffers
     options: Options
+    mode: FastMode  # exact, or an approximate variant of the engine stage (and its state)
     warned: set[str] = field(default_factory=set)  # one-time warnings already given
 
     @property
@@ -94,6 +96,8 @@ class Step:
         gradients of one combined backward instead.
     tables:
         ``table_grads`` and ``table_factors``.
+    mode: ``mode``: the mode that ran (``"exact"``, ``"probe"``, ``"representation"``,
+        ``"periodic/exact"``, ``"periodic/reuse"``), for the stats.
     check / write-back:
         ``combined`` and ``combined_norms``: what the shared parameters and tables get, and
         its norms, when a stage needed them for the check; ``update_norm``; ``skipped``.
@@ -129,3 +133,4 @@ class Step:
     combined_norms: Tensor | None = None
     update_norm: Tensor | None = None
     skipped: bool = False
+    mode: str = "exact"
