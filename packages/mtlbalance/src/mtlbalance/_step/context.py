@@ -65,9 +65,9 @@ class Setup:
 
     @property
     def engine_retains_graph(self) -> bool:
-        """The engine keeps the graph when the caller asks, or when the tables' backward
-        follows the engine's."""
-        return self.options.retain_graph or bool(self.tables)
+        """The engine keeps the graph when the caller asks, or when the tables' backward (or
+        the probe mode's one backward, after its first, exact step) follows the engine's."""
+        return self.options.retain_graph or bool(self.tables) or self.mode.name == "probe"
 
     def transform_params(self) -> list[Tensor]:
         return [p for p in self.transform.parameters() if p.requires_grad]

@@ -62,7 +62,7 @@ def _probe_indices(layout: FlatLayout, probe: ProbeSource) -> list[int] | None:
     if isinstance(probe, str):
         return _probe_by_name(layout, [probe])
     if isinstance(probe, Sequence) and probe and all(isinstance(p, str) for p in probe):
-        return _probe_by_name(layout, list(probe))  # type: ignore[arg-type]
+        return _probe_by_name(layout, list(probe))
     where = {id(p): i for i, p in enumerate(layout.params)}
     picked = []
     for name, p in named_params(probe, "probe"):  # type: ignore[arg-type]
