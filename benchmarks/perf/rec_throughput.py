@@ -35,6 +35,10 @@ CONFIGS = {
     "ew": ("ew", "exact"),
     "dbmtl (tables approx)": ("dbmtl", "approx"),
     "dbmtl (tables exact)": ("dbmtl", "exact"),
+    # the fast, approximate modes (issue 12), tables approx
+    "dbmtl probe (tables approx)": ("dbmtl_probe", "approx"),
+    "dbmtl representation (tables approx)": ("dbmtl_rep", "approx"),
+    "dbmtl periodic (tables approx)": ("dbmtl_periodic", "approx"),
 }
 
 
@@ -57,6 +61,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     ]
     out: dict[str, Any] = {}
     for label, (method, tables) in CONFIGS.items():
+        if args.configs and label != "ew" and label not in args.configs:
+            continue
         torch.manual_seed(0)
         model = make_model(
             "mmoe",
@@ -82,10 +88,10 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             sync(device)
             start = time.perf_counter()
             for batch in batches:
-                _, preds = model(batch.inputs)
+                z, preds = model(batch.inputs)
                 losses = {t: losses_fn[t](preds[t], batch.labels[t]) for t in kinds}
                 opt.zero_grad(set_to_none=True)
-                balancer.backward(losses)
+                balancer.backward(losses, representation=z)
                 opt.step()
             sync(device)
             if rep >= args.warmup:
@@ -120,6 +126,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     p.add_argument("--tag", default="cpu")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the .json/.md")
+    p.add_argument(
+        "--configs", nargs="+", choices=list(CONFIGS), default=None, help="default: all (ew always)"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,9 +137,9 @@ def main() -> None:
     result = measure(args, device)
     result["command"] = command(__file__)
     result["machine"] = machine(device)
-    result["args"] = vars(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    base = RESULTS / f"rec_throughput-{args.tag}"
+    result["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = args.out / f"rec_throughput-{args.tag}"
     base.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         f"# Recsys training throughput ({args.tag})",
