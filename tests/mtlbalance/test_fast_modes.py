@@ -127,7 +127,7 @@ def assert_same(a: Trajectory, b: Trajectory, tol: float = 1e-10) -> None:
             assert err <= tol, f"step {step}, parameter {i}: max abs difference {err:.3e}"
 
 
-@pytest.mark.parametrize("engine", ["loop", "batched"])
+@pytest.mark.parametrize("engine", ["loop", "batched", "representation", "auto"])
 @pytest.mark.parametrize("mode", MODES)
 def test_each_mode_equals_its_written_out_definition(mode: str, engine: str) -> None:
     problem = build_problem(seed=1)
