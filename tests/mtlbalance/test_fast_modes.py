@@ -182,6 +182,16 @@ def test_default_probe_is_the_last_layer_every_task_reaches() -> None:
 
 
 # ------------------------------------------------------------------ the exact limits
+def test_fast_is_the_measured_choice_and_is_reported_by_its_own_name() -> None:
+    """``mode="fast"`` is the probe mode (benchmarks/results/fast/README.md), reported and
+    saved as "probe" (a resume does not depend on what "fast" means later)."""
+    problem = build_problem(seed=19)
+    expected = reference_run(copy.deepcopy(problem), "probe", steps=3)
+    got, stats = balancer_run(copy.deepcopy(problem), 3, mode="fast")
+    assert_same(got, expected)
+    assert {s.mode for s in stats} == {"probe"}
+
+
 def test_probe_of_all_shared_parameters_with_beta_zero_is_exact_dbmtl() -> None:
     problem = build_problem(seed=3)
     exact, _ = balancer_run(copy.deepcopy(problem), 6, beta=0.0)

@@ -30,6 +30,9 @@ from .buffers import EngineSlot
 
 MODES = ("exact", "probe", "representation", "periodic")
 DEFAULT_PERIOD = 4
+#: what ``mode="fast"`` means: the approximate mode chosen by the measurements of
+#: benchmarks/results/fast/README.md (the balancer reports and saves the mode itself)
+FAST = "probe"
 
 ProbeSource = ParamSource | str | Sequence[str] | None
 
@@ -105,8 +108,11 @@ class FastMode:
         chunk_size: int | None = None,
         deterministic: bool = False,
     ):
+        name = FAST if name == "fast" else name
         if name not in MODES:
-            raise ValueError(f"unknown mode {name!r}; choose one of {list(MODES)}")
+            raise ValueError(
+                f"unknown mode {name!r}; choose one of {list(MODES)} or 'fast' (= {FAST!r})"
+            )
         if probe is not None and name != "probe":
             raise ValueError(f"probe= is read by mode='probe' only (this balancer has {name!r})")
         if period is not None and name != "periodic":
