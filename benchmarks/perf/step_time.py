@@ -72,6 +72,7 @@ class Config:
     method: str  # "ew" (plain sum backward), "ew-balancer", "dbmtl"
     engine: str | None = None
     nocudnn: bool = False
+    mode: str = "exact"  # Balancer(mode=...): the fast, approximate modes (issue 12)
 
 
 COMMON_CONFIGS = (
@@ -81,6 +82,9 @@ COMMON_CONFIGS = (
     Config("dbmtl-batched", "dbmtl", "batched"),
     Config("dbmtl-representation", "dbmtl", "representation"),
     Config("dbmtl-auto", "dbmtl", "auto"),
+    Config("dbmtl-probe", "dbmtl", "auto", mode="probe"),
+    Config("dbmtl-rep", "dbmtl", "auto", mode="representation"),
+    Config("dbmtl-periodic", "dbmtl", "auto", mode="periodic"),
 )
 RNN_CONFIGS = (
     Config("ew-nocudnn", "ew", nocudnn=True),
@@ -154,6 +158,8 @@ def measure(
     if config.method == "ew-balancer":
         balancer = mtlbalance.EW(encoder, dict(heads), **options)
     elif config.method == "dbmtl":
+        if config.mode != "exact":
+            options["mode"] = config.mode
         balancer = mtlbalance.DBMTL(
             encoder, dict(heads), engine=config.engine, beta=0.9, sigma=0.5, **options
         )

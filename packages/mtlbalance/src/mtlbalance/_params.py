@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -120,3 +121,28 @@ class FlatLayout:
         """Float32 at least: norms and moving averages of half-precision gradients are kept in
         float32."""
         return torch.promote_types(self.dtype, torch.float32)
+
+
+def instance_of(value: Any, kind: type, what: str, example: str) -> Any:
+    """``value`` if it is a ``kind`` instance; else a TypeError saying what to pass (a method
+    name is for :func:`mtlbalance.make`, not the Balancer)."""
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str):
+        raise TypeError(
+            f"{what}={value!r}: the Balancer takes a {kind.__name__} instance (e.g. {example}); "
+            f"to build a method by name use mtlbalance.make({value!r}, shared, task_params)"
+        )
+    raise TypeError(f"{what} must be a {kind.__name__}, got {type(value).__name__}")
+
+
+def check_saved_tables(saved: Mapping[str, Any], own: list[tuple[str, Tensor]]) -> None:
+    """A resumed state must come from a Balancer with the same ``tables=`` (name: shape)."""
+    mine = {n: list(p.shape) for n, p in own}
+    if dict(saved) != mine:
+        raise ValueError(
+            f"the saved state was made with tables {dict(saved) or 'none'} (name: shape), "
+            f"this balancer has {mine or 'none'}; the aggregator's state covers the "
+            f"`shared` parameters only, so a run resumes with the same split between "
+            f"`shared` and `tables` (build the balancer with the same tables=)"
+        )

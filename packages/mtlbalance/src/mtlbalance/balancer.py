@@ -8,10 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _params
 from ._params import FlatLayout, ParamSource, check_disjoint, check_table_overlap, named_params
 from ._step import accumulate, inputs, pipeline, reduce, scaling, transform
 from ._step.buffers import EngineSlot, UpdateBuffers
 from ._step.context import Accumulation, Options, Setup, Step
+from ._step.mode import FastMode, ProbeSource
 from .aggregators.base import Aggregator
 from .aggregators.sum import Sum
 from .engines import Engine, make_engine
@@ -24,17 +26,6 @@ Representation = inputs.Representation
 LossScale = scaling.LossScale
 
 _STATE_VERSION = 1
-
-
-def _instance(value: Any, kind: type, what: str, example: str) -> Any:
-    if isinstance(value, kind):
-        return value
-    if isinstance(value, str):
-        raise TypeError(
-            f"{what}={value!r}: the Balancer takes a {kind.__name__} instance (e.g. {example}); "
-            f"to build a method by name use mtlbalance.make({value!r}, shared, task_params)"
-        )
-    raise TypeError(f"{what} must be a {kind.__name__}, got {type(value).__name__}")
 
 
 class Balancer:
@@ -97,6 +88,12 @@ class Balancer:
             rank computes the global batch's update and state, and ``.grad`` is the global
             mean already: do not all-reduce it again (under ``DistributedDataParallel`` run
             the forward in ``no_sync()``). None (default): one process.
+        mode: ``"exact"`` (Algorithm 1), or an approximation of a gradient-level method that
+            costs about one backward: ``"probe"`` (factors from the rows of ``probe=``, by
+            default the last shared layer every task reaches), ``"representation"`` (from the
+            gradients at ``representation=z``) or ``"periodic"`` (an exact step every
+            ``period=`` steps, default 4, its factors reused in between). The definitions:
+            :mod:`mtlbalance._step.fast`, docs/mtlbalance.md "Fast modes (approximate)".
     """
 
     def __init__(
@@ -116,6 +113,9 @@ class Balancer:
         retain_graph: bool = False,
         tables: ParamSource | None = None,
         process_group: reduce.ProcessGroupArg = None,
+        mode: str = "exact",
+        probe: ProbeSource = None,
+        period: int | None = None,
     ):
         self.layout = FlatLayout(named_params(shared, "shared"))
         self._task_named: dict[str, list[tuple[str, Tensor]]] = {
@@ -130,12 +130,16 @@ class Balancer:
         self.transform: LossTransform = (
             Identity()
             if transform is None
-            else _instance(transform, LossTransform, "transform", "mtlbalance.transforms.Log()")
+            else _params.instance_of(
+                transform, LossTransform, "transform", "mtlbalance.transforms.Log()"
+            )
         )
         self.aggregator: Aggregator = (
             Sum()
             if aggregator is None
-            else _instance(aggregator, Aggregator, "aggregator", "mtlbalance.aggregators.MaxNorm()")
+            else _params.instance_of(
+                aggregator, Aggregator, "aggregator", "mtlbalance.aggregators.MaxNorm()"
+            )
         )
         if max_update_norm is not None and not max_update_norm > 0:
             raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm}")
@@ -146,6 +150,9 @@ class Balancer:
         )
         self._buffers = UpdateBuffers(self.layout)
         self._collective = reduce.resolve(process_group)
+        modes = (self.layout, self.aggregator, probe, period, engine, chunk_size, deterministic)
+        self.mode = FastMode(mode, *modes)
+        self.mode.check_single_process(self._collective, process_group)
         self.step = 0
         self._setup: Setup | None = None
         self._acc: Accumulation | None = None
@@ -239,6 +246,7 @@ class Balancer:
             buffers=self._buffers,
             options=self._options,
             collective=self._collective,
+            mode=self.mode,
         )
         reduce.attach(self._setup)
 
@@ -442,6 +450,8 @@ class Balancer:
             "aggregator": self.aggregator.state_dict(),
             "engine": self._engine.state(),
         }
+        if self.mode.approximate:
+            state["mode"] = self.mode.state()
         if self._table_named:  # (the tables keep no state; their shapes check a resume)
             state["tables"] = {n: list(p.shape) for n, p in self._table_named}
         return state
@@ -459,15 +469,8 @@ class Balancer:
                     f"the saved state is for tasks {list(names)}, this balancer has "
                     f"{list(self._setup.task_names)}"
                 )
-        saved_tables = state.get("tables", {})
-        own_tables = {n: list(p.shape) for n, p in self._table_named}
-        if saved_tables != own_tables:
-            raise ValueError(
-                f"the saved state was made with tables {saved_tables or 'none'} (name: shape), "
-                f"this balancer has {own_tables or 'none'}; the aggregator's state covers the "
-                f"`shared` parameters only, so a run resumes with the same split between "
-                f"`shared` and `tables` (build the balancer with the same tables=)"
-            )
+        _params.check_saved_tables(state.get("tables", {}), self._table_named)
+        self.mode.load_state(state.get("mode"))
         self.transform.load_state_dict(state["transform"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.step = int(state["step"])
@@ -478,6 +481,7 @@ class Balancer:
         engine the auto engine chose is kept (it describes the model, not the training)."""
         self.transform.reset()
         self.aggregator.reset()
+        self.mode.reset()
         self.step = 0
 
     def __repr__(self) -> str:

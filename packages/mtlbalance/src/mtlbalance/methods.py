@@ -22,7 +22,9 @@ class DBMTL(Balancer):
         beta, sigma: the EMA schedule (the paper grid-searches β ∈ {0.1, 0.5, 0.9} and
             σ ∈ {0, 0.5} per benchmark; defaults β = 0.9, σ = 0.5).
         eps: ε of Algorithm 1 (log transform and normalisation).
-        **options: the Balancer's options (``engine``, ``tasks``, ``max_update_norm``, …).
+        **options: the Balancer's options (``engine``, ``tasks``, ``max_update_norm``, …),
+            among them ``mode`` (``"exact"``, the default; or the approximations ``"probe"``,
+            ``"representation"``, ``"periodic"``: docs/mtlbalance.md, "Fast modes").
     """
 
     def __init__(

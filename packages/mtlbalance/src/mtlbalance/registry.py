@@ -111,6 +111,19 @@ register_method(
     description="log(ℓ_t + ε) losses; EMA task gradients normalised to the largest norm",
     defaults={"beta": 0.9, "sigma": 0.5, "eps": 1e-8},
 )
+for _mode, _name, _what in (
+    ("probe", "dbmtl_probe", "factors from the rows of the last shared layer only"),
+    ("representation", "dbmtl_rep", "factors from an EMA of the gradient norms at z"),
+    ("periodic", "dbmtl_periodic", "exact every `period` steps, its factors reused between"),
+):
+    register_method(
+        _name,
+        "log",
+        "maxnorm",
+        reference="Lin et al., arXiv:2308.12029; approximation: issue 12, docs/mtlbalance.md",
+        description=f"DB-MTL, approximate (mode={_mode!r}): {_what}; one weighted backward",
+        defaults={"beta": 0.9, "sigma": 0.5, "eps": 1e-8, "mode": _mode},
+    )
 
 
 if "imtl_l" in TRANSFORMS and "imtl_g" in AGGREGATORS:
@@ -250,7 +263,11 @@ def make(
         "transform",
         "aggregator",
     }
-    hyper = {**defaults, **{k: v for k, v in kwargs.items() if k not in balancer_args}}
+    preset = {k: v for k, v in defaults.items() if k in balancer_args}  # e.g. a fast mode
+    hyper = {
+        **{k: v for k, v in defaults.items() if k not in balancer_args},
+        **{k: v for k, v in kwargs.items() if k not in balancer_args},
+    }
     unknown = [k for k in hyper if k not in t_args | a_args]
     if unknown:
         raise TypeError(
@@ -260,7 +277,7 @@ def make(
         )
     transform = t_factory(**{k: v for k, v in hyper.items() if k in t_args})
     aggregator = a_factory(**{k: v for k, v in hyper.items() if k in a_args})
-    options = {k: v for k, v in kwargs.items() if k in balancer_args}
+    options = {**preset, **{k: v for k, v in kwargs.items() if k in balancer_args}}
     return Balancer(shared, task_params, transform=transform, aggregator=aggregator, **options)
 
 

@@ -30,6 +30,11 @@ class BalanceStats:
         table_factors: with ``Balancer(tables=...)``, the factors ``c_t`` (T,) of the one
             backward of ``Σ_t c_t ℓ̃_t`` that gave the tables their gradient (None without
             tables, and for a skipped step whose factors were never formed).
+        mode: which mode computed the step: ``"exact"`` (Algorithm 1), or an approximation
+            (``Balancer(mode=...)``): ``"probe"`` (``grad_norms`` are the probe's),
+            ``"representation"`` (``grad_norms`` are those at z), ``"periodic/exact"`` (an
+            exact step of the periodic mode) or ``"periodic/reuse"`` (factors reused; no
+            ``grad_norms``).
     """
 
     task_names: tuple[str, ...]
@@ -41,6 +46,7 @@ class BalanceStats:
     engine: str | None
     skipped: bool = False
     table_factors: Tensor | None = None
+    mode: str = "exact"
 
     def flat(self, prefix: str = "") -> tuple[tuple[str, ...], Tensor]:
         """The stats flattened for a tracker, without a host sync: the keys

@@ -36,6 +36,12 @@ def add(
     representation: inputs.Representation,
 ) -> Accumulation:
     """Add one micro-batch (nothing is read on the host: an overflow stays in the sums)."""
+    if setup.mode.name == "representation":
+        raise ValueError(
+            "mode='representation' weighs the norms of the gradients at the shared "
+            "representation of the whole batch and cannot accumulate micro-batches; use "
+            "mode='probe' or 'periodic' (they accumulate), or a larger batch"
+        )
     vec = torch.stack(raw).detach()
     layout, task_params, tables = setup.layout, setup.task_params, setup.table_params
     transform, aggregator = setup.transform, setup.aggregator

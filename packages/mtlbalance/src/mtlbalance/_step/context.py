@@ -11,6 +11,7 @@ from ..aggregators.base import Aggregator
 from ..transforms.base import LossTransform
 from .buffers import EngineSlot, UpdateBuffers
 from .collective import Collective
+from .mode import FastMode
 
 Grads = list[Tensor | None]
 
@@ -56,6 +57,7 @@ class Setup:
     engine: EngineSlot
     buffers: UpdateBuffers
     options: Options
+    mode: FastMode  # exact, or an approximate variant of the engine stage (and its state)
     warned: set[str] = field(default_factory=set)  # one-time warnings already given
     collective: Collective | None = None  # data parallel: the process group (see reduce.py)
 
@@ -65,9 +67,9 @@ class Setup:
 
     @property
     def engine_retains_graph(self) -> bool:
-        """The engine keeps the graph when the caller asks, or when the tables' backward
-        follows the engine's."""
-        return self.options.retain_graph or bool(self.tables)
+        """The engine keeps the graph when the caller asks, or when the tables' backward (or
+        the probe mode's one backward, after its first, exact step) follows the engine's."""
+        return self.options.retain_graph or bool(self.tables) or self.mode.name == "probe"
 
     def transform_params(self) -> list[Tensor]:
         return [p for p in self.transform.parameters() if p.requires_grad]
@@ -96,6 +98,8 @@ class Step:
         gradients of one combined backward instead.
     tables:
         ``table_grads`` and ``table_factors``.
+    mode: ``mode``: the mode that ran (``"exact"``, ``"probe"``, ``"representation"``,
+        ``"periodic/exact"``, ``"periodic/reuse"``), for the stats.
     check / write-back:
         ``combined`` and ``combined_norms``: what the shared parameters and tables get, and
         its norms, when a stage needed them for the check; ``update_norm``; ``skipped``.
@@ -131,3 +135,4 @@ class Step:
     combined_norms: Tensor | None = None
     update_norm: Tensor | None = None
     skipped: bool = False
+    mode: str = "exact"

@@ -14,14 +14,27 @@ method under a loss scale, also before its weighting: its solver must not see an
 from __future__ import annotations
 
 from ..stats import BalanceStats
-from . import accumulate, check, combine, engine, reduce, stats, tables, weighting, writeback
+from . import accumulate, check, combine, engine, fast, reduce, stats, tables, weighting, writeback
 from .context import Setup, Step
 
 
 def run(setup: Setup, step: Step) -> BalanceStats:
     """Run the stages after inputs and transform (done by the Balancer: they differ between
     a direct and an accumulated step); returns the stats (``skipped`` when a loss-scale
-    overflow was found: then nothing was written)."""
+    overflow was found: then nothing was written). An approximate mode (``Balancer(mode=)``)
+    replaces the engine stage and what it feeds (:mod:`.fast`), except on a periodic mode's
+    exact steps."""
+    mode = setup.mode
+    if mode.approximate:
+        if not mode.refresh_due():
+            return fast.run(setup, step)
+        step.mode = "periodic/exact"
+        return fast.refreshed(setup, step, _exact(setup, step))
+    return _exact(setup, step)
+
+
+def _exact(setup: Setup, step: Step) -> BalanceStats:
+    """The exact path (Algorithm 1 for DB-MTL)."""
     requires = setup.aggregator.requires
     if step.accumulated is None:
         engine.run(setup, step)

@@ -32,6 +32,7 @@ def build(setup: Setup, step: Step) -> BalanceStats:
         table_factors=step.table_factors
         if gradient_level
         else _loss_level_table_factors(setup, step),
+        mode=step.mode,
     )
 
 
@@ -47,4 +48,5 @@ def skipped(setup: Setup, step: Step) -> BalanceStats:
         update_norm=None,
         engine=step.engine,
         skipped=True,
+        mode=step.mode,
     )

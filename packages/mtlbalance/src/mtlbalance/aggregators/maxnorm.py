@@ -53,6 +53,7 @@ class MaxNorm(GradientAggregator):
         self.eps = float(eps)
         self.step = 0
         self.ema: Tensor | None = None
+        self.norm_ema: Tensor | None = None  # mode="representation": EMA of the norms
 
     def beta_k(self, k: int) -> float:
         return self.beta / (k**self.sigma)
@@ -85,17 +86,48 @@ class MaxNorm(GradientAggregator):
             out.copy_(torch.mv(ema.T, coef))
         return Aggregation(weights=coef)
 
+    def weigh_norms(self, norms: Tensor) -> Tensor:
+        r"""The factors of ``Balancer(mode="representation")`` (approximate) from the norms
+        ``n_t = ‖∇_z ℓ̃_t‖`` at the shared representation, with the same ``β_k`` and step
+        count as :meth:`forward`::
+
+            n̂_t ← β_k n̂_t + (1 − β_k) n_t;   c_t = max_s n̂_s / (n̂_t + ε)   (0 where n̂_t = 0)
+
+        The moving average is of the norms, not of the rows (the rows at z change meaning
+        from batch to batch)."""
+        norms = norms.detach().to(torch.promote_types(norms.dtype, torch.float32))
+        if self.norm_ema is None or self.norm_ema.shape != norms.shape:
+            if self.norm_ema is not None and self.step > 0:
+                raise ValueError(
+                    f"the number of tasks changed from {self.norm_ema.shape[0]} to "
+                    f"{norms.shape[0]} mid-run; call balancer.reset() to start over"
+                )
+            self.norm_ema = torch.zeros_like(norms)
+        self.step += 1
+        beta_k = self.beta_k(self.step)
+        ema = self.norm_ema.to(norms.device)
+        ema = norms.clone() if beta_k == 0.0 else ema.lerp_(norms.to(ema.dtype), 1.0 - beta_k)
+        self.norm_ema = ema
+        alpha = ema.max()
+        return torch.where(ema > 0, alpha / (ema + self.eps), torch.zeros_like(ema))
+
     def reset(self) -> None:
         self.step = 0
         self.ema = None
+        self.norm_ema = None
 
     def get_extra_state(self) -> Any:
-        return {"step": self.step, "ema": None if self.ema is None else self.ema.clone()}
+        state = {"step": self.step, "ema": None if self.ema is None else self.ema.clone()}
+        if self.norm_ema is not None:
+            state["norm_ema"] = self.norm_ema.clone()
+        return state
 
     def set_extra_state(self, state: Any) -> None:
         self.step = int(state["step"])
         ema = state["ema"]
         self.ema = None if ema is None else ema.clone()
+        norm_ema = state.get("norm_ema")
+        self.norm_ema = None if norm_ema is None else norm_ema.clone()
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}, sigma={self.sigma:g}, eps={self.eps:g}"
