@@ -188,12 +188,13 @@ def measure(
 
     times: list[float] = []
     engines: list[str | None] = []
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for _ in range(args.steps):
         synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         engines.append(step())
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
 
     if device.type == "cuda":
         row["peak_timed_mib"] = mib(torch.cuda.max_memory_allocated(device))
@@ -306,6 +307,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "ratios between sources",
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds per source (--compare)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what a step's time is: wall clock (default), or the process's CPU time "
+        "(time.process_time; CPU only), which other jobs on a shared machine disturb far less",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     small = args.size == "small"
@@ -393,6 +402,8 @@ def settings_of(args: argparse.Namespace, tag: str) -> dict[str, Any]:
         "merge": args.merge,
         "compare": args.compare,
         "rounds": args.rounds if args.compare else None,
+        "clock": args.clock,
+        "threads": args.threads,
     }
 
 
@@ -404,6 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    if args.clock == "cpu" and device.type == "cuda":
+        print("error: --clock cpu times host CPU work only; use it with --device cpu")
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     tag = args.tag or device.type
@@ -445,7 +461,9 @@ def _worker_command(args: argparse.Namespace, shape: str, out: Path) -> list[str
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-out", str(out)]
     cmd += ["--shapes", shape, "--size", args.size, "--device", args.device]
     cmd += ["--warmup", str(args.warmup), "--auto-warmup", str(args.auto_warmup)]
-    cmd += ["--steps", str(args.steps), "--seed", str(args.seed)]
+    cmd += ["--steps", str(args.steps), "--seed", str(args.seed), "--clock", args.clock]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
     if args.configs:
         cmd += ["--configs", *args.configs]
     if args.no_check_finite:
