@@ -20,7 +20,10 @@ RUN = ["run", "synthetic-hetero", "--methods", "dbmtl", "--seeds", "1", "--epoch
 def _mtlbench(out: Path, *extra: str, launcher: list[str] | None = None) -> None:
     args = [*RUN, "--no-tracking", "--spool", str(out / "spool"), "--out", str(out)]
     cmd = [*(launcher or [sys.executable]), "-m", "mtlbench.cli", *args, "--quiet", *extra]
-    subprocess.run(cmd, check=True, timeout=TIMEOUT_S, cwd=out, capture_output=True)
+    done = subprocess.run(cmd, timeout=TIMEOUT_S, cwd=out, capture_output=True, text=True)
+    assert done.returncode == 0, (
+        f"{' '.join(cmd)} exited {done.returncode}; its stderr ends:\n{done.stderr[-3000:]}"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -79,8 +79,7 @@ def job(device: str) -> Iterator[None]:
     try:
         yield
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        distributed.shutdown()
 
 
 def is_rank0() -> bool:

@@ -16,6 +16,7 @@ so every rank computes the same update and holds the same state (docs/distribute
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -43,6 +44,7 @@ __all__ = [
     "is_distributed",
     "launch",
     "shard_loader",
+    "shutdown",
     "split_batch",
     "world_size",
 ]
@@ -160,6 +162,14 @@ class _Heartbeat:
         if cls.running is None:
             cls.running = cls(job)
             cls.running.thread.start()
+            atexit.register(shutdown)
+
+    @classmethod
+    def stop(cls) -> None:
+        beat, cls.running = cls.running, None
+        if beat is not None:
+            beat.stopped.set()
+            beat.thread.join(timeout=HEALTH_TIMEOUT_S + 1.0)
 
     def _store(self, timeout_s: float = HEALTH_TIMEOUT_S) -> Any:
         return torch.distributed.TCPStore(
@@ -194,6 +204,18 @@ class _Heartbeat:
             for r, (b, a) in enumerate(zip(before, after, strict=True))
             if a == b and r != self.job.rank
         ]
+
+
+def shutdown() -> None:
+    """Leave the job: stop this rank's heartbeat, then destroy the process group. Run at
+    interpreter exit for a job joined with :func:`init_from_env` (a daemon thread still inside
+    a store call, or a process group torn down by the interpreter's finalisation, can abort a
+    process whose run succeeded: "terminate called without an active exception"); call it
+    yourself to leave earlier."""
+    _Heartbeat.stop()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        with contextlib.suppress(Exception):
+            torch.distributed.destroy_process_group()
 
 
 def unresponsive_ranks() -> list[int] | None:
