@@ -33,6 +33,7 @@ from .errors import DataError
 from .loader import LazyLoader, _check_batch_size
 from .readers import _with_origin
 from .spec import DenseFeature, FeatureSpec, FittedFeatures, Label, SparseFeature
+from .synthetic import _bias_for_rate
 
 __all__ = [
     "CRITEO_DENSE",
@@ -213,18 +214,6 @@ def _probe_scores(
     h /= 1.2
     shared, d_click, d_conv, _ = (h @ d for d in model.directions)
     return 0.7 * shared + 0.7 * d_click, 0.7 * shared + 0.7 * d_conv
-
-
-def _bias_for_rate(logit: np.ndarray, rate: float) -> float:
-    """``b`` with ``mean(σ(logit + b)) ≈ rate`` (bisection)."""
-    lo, hi = -30.0, 30.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if np.mean(1.0 / (1.0 + np.exp(-(logit + mid)))) < rate:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
 
 
 def criteo_log_spec(
