@@ -43,11 +43,17 @@ ew = -1.5
 """
 
 
-@pytest.fixture
-def specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def spec_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    """``tmp_path/specs/tiny.toml`` holding ``text``, the folder mtlbench searches
+    (``MTLBENCH_SPECS``), and ``tmp_path`` the working directory."""
     folder = tmp_path / "specs"
     folder.mkdir()
-    (folder / "tiny.toml").write_text(TINY)
+    (folder / "tiny.toml").write_text(text)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MTLBENCH_SPECS", str(folder))
     return folder
+
+
+@pytest.fixture
+def specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return spec_folder(tmp_path, monkeypatch, TINY)

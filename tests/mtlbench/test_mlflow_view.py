@@ -19,6 +19,8 @@ import pytest
 from mtlbench.cli import main
 from mtlbench.publish import benchmark_links
 
+from .conftest import spec_folder
+
 SPEC = """
 name = "tiny"
 description = "a tiny synthetic spec for the tests"
@@ -55,12 +57,7 @@ SECRET = "http://alice:hunter2@example.invalid:5000"
 
 @pytest.fixture
 def specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "specs"
-    folder.mkdir()
-    (folder / "tiny.toml").write_text(SPEC)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MTLBENCH_SPECS", str(folder))
-    return folder
+    return spec_folder(tmp_path, monkeypatch, SPEC)
 
 
 def _run_page(exp_id: str, run_id: str) -> str:
