@@ -32,8 +32,8 @@ from .batch import RecInputs
 from .errors import DataError
 from .loader import LazyLoader, _check_batch_size
 from .readers import _with_origin
-from .spec import DenseFeature, FeatureSpec, FittedFeatures, Label, SparseFeature
-from .synthetic import _bias_for_rate
+from .spec import FeatureSpec, FittedFeatures, SparseFeature
+from .synthetic import _bias_for_rate, log_dense_and_labels
 
 __all__ = [
     "CRITEO_DENSE",
@@ -229,10 +229,7 @@ def criteo_log_spec(
     and a sample is enough), ``I*`` log-then-standardised, tasks click and conversion
     (binary) and dwell (regression, standardised unless ``standardize=False``)."""
     cards = list(cardinalities) if cardinalities is not None else criteo_cardinalities()
-    kinds = {"click": "binary", "conversion": "binary", "dwell": "regression"}
-    for t in tasks:
-        if t not in kinds:
-            raise ValueError(f"unknown task {t!r}; the log has {list(kinds)}")
+    dense, labels = log_dense_and_labels(num_dense, tasks, standardize, "the log")
     return FeatureSpec(
         sparse=[
             SparseFeature(
@@ -244,8 +241,8 @@ def criteo_log_spec(
             )
             for i, card in enumerate(cards)
         ],
-        dense=[DenseFeature(f"I{j + 1}", log=True) for j in range(num_dense)],
-        labels=[Label(t, kinds[t], standardize=standardize) for t in tasks],  # type: ignore[arg-type]
+        dense=dense,
+        labels=labels,
     )
 
 

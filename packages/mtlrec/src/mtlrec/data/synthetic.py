@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -205,10 +206,7 @@ def synthetic_log_spec(
     ``hash_buckets`` hashed ids), dense ``I*`` (log then standardised), tasks click and
     conversion (binary) and dwell (regression, seconds; the target is standardised on train
     unless ``standardize=False``, which keeps the raw seconds and so the loss-scale gap)."""
-    kinds = {"click": "binary", "conversion": "binary", "dwell": "regression"}
-    for t in tasks:
-        if t not in kinds:
-            raise ValueError(f"unknown task {t!r}; synthetic_log has {list(kinds)}")
+    dense, labels = log_dense_and_labels(num_dense, tasks, standardize, "synthetic_log")
     return FeatureSpec(
         sparse=[
             SparseFeature(
@@ -219,9 +217,23 @@ def synthetic_log_spec(
             )
             for i in range(num_sparse)
         ],
-        dense=[DenseFeature(f"I{j + 1}", log=True) for j in range(num_dense)],
-        labels=[Label(t, kinds[t], standardize=standardize) for t in tasks],  # type: ignore[arg-type]
+        dense=dense,
+        labels=labels,
     )
+
+
+def log_dense_and_labels(
+    num_dense: int, tasks: Sequence[str], standardize: bool, what: str
+) -> tuple[list[DenseFeature], list[Label]]:
+    """The dense ``I*`` features (log, then standardised) and the labels of a generated
+    click / conversion / dwell log (``what`` names the log in the error for an unknown task)."""
+    kinds = {"click": "binary", "conversion": "binary", "dwell": "regression"}
+    for t in tasks:
+        if t not in kinds:
+            raise ValueError(f"unknown task {t!r}; {what} has {list(kinds)}")
+    dense = [DenseFeature(f"I{j + 1}", log=True) for j in range(num_dense)]
+    labels = [Label(t, kinds[t], standardize=standardize) for t in tasks]  # type: ignore[arg-type]
+    return dense, labels
 
 
 def write_frame(df: pl.DataFrame, path: str | Path) -> Path:
