@@ -209,7 +209,6 @@ class Tracker:
         self._lock = threading.RLock()
         self._steps = StepBuffer(log_every)
         self._known_keys: set[str] = set()
-        self._stats_keys: set[tuple[str, ...]] = set()
         self._nonfinite_warned: set[str] = set()
         self._closed = False
         self._sink_warned = False
@@ -332,7 +331,8 @@ class Tracker:
         with self._lock:
             self._check_open()
             keys, flat = stats.flat(prefix)  # one device tensor; no host sync
-            self._checked_keys(keys)
+            for key in keys:  # (known keys: one set lookup each)
+                self._check_key(key)
             self._buffer_entries([Entry(step, now_ms(), keys, flat)], step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -551,13 +551,6 @@ class Tracker:
             validate_key(key, "metric")
             self._known_keys.add(key)
         return key
-
-    def _checked_keys(self, keys: tuple[str, ...]) -> None:
-        """Check a stats key set once (MLflow's key rules); later steps reuse the answer."""
-        if keys not in self._stats_keys:
-            for key in keys:
-                self._check_key(key)
-            self._stats_keys.add(keys)
 
     def _buffer_entries(self, new: list[Entry], step: int) -> None:
         due = self._steps.add(new, step)
