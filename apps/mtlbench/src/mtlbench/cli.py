@@ -422,5 +422,20 @@ _COMMANDS = {"list": _list, "run": _run, "report": _report, "ui": _ui, "sync": _
 _COMMANDS["init-spec"] = initspec.command
 
 
+def _exit_as_rank(code: int) -> None:
+    """End a rank of a distributed job (``--nproc`` children, torchrun) without the
+    interpreter's finalisation: fresh-clone CI runs saw a rank whose run had finished abort
+    there ("terminate called without an active exception", SIGABRT: a C++ thread destroyed
+    while joinable), failing the job. Everything is written and closed by now; the job has
+    been left (``mtltrain.distributed.shutdown``) and the output streams are flushed first."""
+    distributed = sys.modules.get("mtltrain.distributed")  # (not imported: not a rank)
+    if distributed is None or distributed.env() is None:
+        sys.exit(code)
+    distributed.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_as_rank(main())
