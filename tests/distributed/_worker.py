@@ -3,7 +3,10 @@
     python _worker.py OUT_DIR METHODS MODE STEPS [KILL_RANK KILL_STEP]
 
 METHODS: comma-separated method names, trained one after the other in the same job; a
-suffix ``@tables`` / ``@sparse`` adds an embedding table balanced with ``tables=``.
+suffix ``@tables`` / ``@sparse`` adds an embedding table balanced with ``tables=``; a suffix
+``~MODE`` builds the method with ``mode=MODE`` (a fast mode of a Gram weighting). The probe
+mode (``dbmtl_probe``) probes the encoder's bias only, a strict subset of the shared
+parameters.
 
 MODE: ``plain`` (torch.distributed, no DDP), ``ddp`` (the model wrapped in
 DistributedDataParallel, its forward under ``no_sync()``), ``ddp_sync`` (the same without
@@ -87,6 +90,7 @@ def train(
 ) -> None:
     rank, world = (0, 1) if job is None else (job.rank, job.world_size)
     name, _, variant = method.partition("@")
+    name, _, mode_name = name.partition("~")
     torch.manual_seed(0)
     net = Net(variant)
     model: nn.Module = net
@@ -99,6 +103,7 @@ def train(
         engine="loop",
         process_group=None if job is None else "world",
         tables=None if net.emb is None else [net.emb.weight],
+        **_mode_options(name, mode_name, net),
     )
     optimizer = torch.optim.SGD([*net.parameters(), *balancer.parameters()], lr=0.01)
     torch.manual_seed(123 + rank)  # the draws of randomised methods must come from rank 0
@@ -138,6 +143,14 @@ def train(
         {"params": params, "balancer": balancer.state_dict(), "stats": stats, "bytes": comm},
         out / f"{method}-rank{rank}.pt",
     )
+
+
+def _mode_options(name: str, mode_name: str, net: Net) -> dict:
+    if mode_name:
+        return {"mode": mode_name}
+    if name == "dbmtl_probe":
+        return {"probe": [net.encoder[0].bias]}
+    return {}
 
 
 if __name__ == "__main__":

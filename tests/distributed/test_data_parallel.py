@@ -24,8 +24,12 @@ TIMEOUT_S = 240
 # gradient level exact (dbmtl, pcgrad: random order), loss level (ew, uw: learned
 # log-variances, rlw: random weights, famo: after_step state), representation level (mgda_ub)
 METHODS = ("ew", "dbmtl", "pcgrad", "uw", "rlw", "famo", "mgda_ub")
+# the fast (approximate) modes: probe (the encoder's bias), representation (DB-MTL's norms
+# and a Gram weighting's Gram matrix at z), periodic (K = 4: one exact step, three reused)
+FAST = ("dbmtl_probe", "dbmtl_rep", "imtl_g~representation", "dbmtl_periodic")
 # with an embedding table balanced approximately (tables=): dense and sparse gradients
-TABLES = ("dbmtl@tables", "dbmtl@sparse", "ew@sparse")
+TABLES = ("dbmtl@tables", "dbmtl@sparse", "ew@sparse", "dbmtl_probe@sparse", "dbmtl_rep@tables")
+ALL = METHODS + FAST + TABLES
 
 
 def _run_single(out: Path, methods: str, mode: str = "single") -> None:
@@ -50,11 +54,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One reference run and the distributed jobs, shared by the tests below."""
     kinds = ("single", "plain", "ddp", "ddp_sync", "accumulate")
     dirs = {k: tmp_path_factory.mktemp(k) for k in kinds}
-    _run_single(dirs["single"], ",".join(METHODS + TABLES))
-    _run_job(dirs["plain"], ",".join(METHODS + TABLES), "plain")
+    _run_single(dirs["single"], ",".join(ALL))
+    _run_job(dirs["plain"], ",".join(ALL), "plain")
     _run_job(dirs["ddp"], "dbmtl,ew", "ddp")
     _run_job(dirs["ddp_sync"], "dbmtl", "ddp_sync")
-    _run_job(dirs["accumulate"], "dbmtl,uw", "accumulate")
+    _run_job(dirs["accumulate"], "dbmtl,uw,dbmtl_probe,dbmtl_periodic", "accumulate")
     return dirs
 
 
@@ -86,7 +90,7 @@ def _assert_identical(a: object, b: object, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-@pytest.mark.parametrize("method", METHODS + TABLES)
+@pytest.mark.parametrize("method", ALL)
 def test_two_processes_equal_one_process(runs: dict[str, Path], method: str) -> None:
     want = _load(runs["single"], method, 0)
     for rank in (0, 1):
@@ -96,7 +100,7 @@ def test_two_processes_equal_one_process(runs: dict[str, Path], method: str) -> 
             assert got["stats"][-1][key] == pytest.approx(want["stats"][-1][key], rel=1e-5), key
 
 
-@pytest.mark.parametrize("method", METHODS + TABLES)
+@pytest.mark.parametrize("method", ALL)
 def test_ranks_hold_identical_state(runs: dict[str, Path], method: str) -> None:
     r0, r1 = _load(runs["plain"], method, 0), _load(runs["plain"], method, 1)
     _assert_identical(r0["balancer"], r1["balancer"], f"{method} balancer state")
@@ -123,7 +127,7 @@ def test_ddp_does_not_reduce_what_the_balancer_writes(runs: dict[str, Path]) -> 
         _assert_params_close(_load(runs["ddp_sync"], "dbmtl", rank), want, f"rank {rank}")
 
 
-@pytest.mark.parametrize("method", ["dbmtl", "uw"])
+@pytest.mark.parametrize("method", ["dbmtl", "uw", "dbmtl_probe", "dbmtl_periodic"])
 def test_accumulated_steps_equal_one_process(runs: dict[str, Path], method: str) -> None:
     want = _load(runs["single"], method, 0)
     r0, r1 = _load(runs["accumulate"], method, 0), _load(runs["accumulate"], method, 1)
@@ -139,3 +143,15 @@ def test_traffic_per_step(runs: dict[str, Path]) -> None:
     dbmtl = _load(runs["plain"], "dbmtl", 0)["bytes"]
     assert ew == [4 * (losses + shared + heads)] * STEPS  # one combined gradient
     assert dbmtl == [4 * (losses + 3 * shared + heads)] * STEPS  # the T rows
+
+
+def test_fast_mode_traffic_per_step(runs: dict[str, Path]) -> None:
+    """A fast mode sends EW's traffic and only a little more (counted by hand as above):
+    probe: the T rows of its 6-value probe (the encoder's bias); representation: the T × T
+    Gram matrix at z; periodic (K = 4): the exact step's rows once, then EW's."""
+    shared, heads, losses, probe = 30, 3 * 7, 3, 6
+    ew = 4 * (losses + shared + heads)
+    assert _load(runs["plain"], "dbmtl_probe", 0)["bytes"] == [ew + 4 * 3 * probe] * STEPS
+    assert _load(runs["plain"], "dbmtl_rep", 0)["bytes"] == [ew + 4 * 3 * 3] * STEPS
+    exact = 4 * (losses + 3 * shared + heads)
+    assert _load(runs["plain"], "dbmtl_periodic", 0)["bytes"] == [exact] + [ew] * (STEPS - 1)

@@ -34,11 +34,3 @@ def test_a_group_needs_an_initialised_job() -> None:
 def test_unknown_group_name() -> None:
     with pytest.raises(ValueError, match=r"process_group='all': pass a torch\.distributed"):
         _balancer(process_group="all")
-
-
-@pytest.mark.parametrize("mode", ["probe", "representation", "periodic", "fast"])
-def test_fast_modes_are_refused_in_a_process_group(mode: str) -> None:
-    """The fast modes do not reduce across ranks yet: every rank would balance its own shard."""
-    with pytest.raises(ValueError, match=r"does not run data-parallel yet.*mode='exact'"):
-        _balancer(process_group="world", mode=mode)
-    _balancer(mode=mode)  # one process: fine

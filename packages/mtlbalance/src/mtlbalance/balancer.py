@@ -84,7 +84,8 @@ class Balancer:
             group) or a ``torch.distributed.ProcessGroup``. Each rank passes the losses of
             its equal shard of the global batch; the losses (before the transform) and what
             the method reads (exact gradient level: the (T, P) rows, T × EW's all-reduce; loss
-            level: the one combined gradient, EW's) are averaged across the ranks, so every
+            level: the one combined gradient, EW's; a fast mode: its probe rows or Gram at z
+            and its one backward, EW's and a little) are averaged across the ranks, so every
             rank computes the global batch's update and state, and ``.grad`` is the global
             mean already: do not all-reduce it again (under ``DistributedDataParallel`` run
             the forward in ``no_sync()``). None (default): one process.
@@ -152,7 +153,6 @@ class Balancer:
         self._collective = reduce.resolve(process_group)
         modes = (self.layout, self.aggregator, probe, period, engine, chunk_size, deterministic)
         self.mode = FastMode(mode, *modes)
-        self.mode.check_single_process(self._collective, process_group)
         self.step = 0
         self._setup: Setup | None = None
         self._acc: Accumulation | None = None

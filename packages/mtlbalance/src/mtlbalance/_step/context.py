@@ -118,6 +118,7 @@ class Step:
     # engine / reduce
     rows: Tensor | None = None
     rep_rows: Tensor | None = None
+    rep_gram: Tensor | None = None  # representation mode, data parallel: the global R Rᵀ
     task_grads: list[Grads] = field(default_factory=list)
     engine: str | None = None
     grad_norms: Tensor | None = None

@@ -84,6 +84,7 @@ def run(setup: Setup, step: Step) -> BalanceStats:
             return stats.skipped(setup, step)
         _weigh(setup, step)
     _combined(setup, step, own_backward)
+    reduce.combined(setup, step, task_grads=own_backward)
     if check.gate(
         setup,
         step,
@@ -184,8 +185,10 @@ def _representation_rows(setup: Setup, step: Step) -> None:
         own = [scaling.unscaled(gs, step.scale) for gs in own]
     step.rep_rows, step.task_grads = rep, own
     step.engine = "representation (norms at z)"
-    reduce.run(setup, step)
-    step.grad_norms = torch.linalg.vector_norm(step.rep_rows, dim=1)
+    if setup.collective is None:
+        step.grad_norms = torch.linalg.vector_norm(step.rep_rows, dim=1)
+    else:
+        reduce.representation_gram(setup, step)
 
 
 def _weigh(setup: Setup, step: Step) -> None:
@@ -195,7 +198,8 @@ def _weigh(setup: Setup, step: Step) -> None:
     method = aggregator.name or type(aggregator).__name__
     if step.rep_rows is not None:
         if isinstance(aggregator, GramWeighting):
-            result = aggregator.weigh(gram_matrix(step.rep_rows), losses)
+            gram = gram_matrix(step.rep_rows) if step.rep_gram is None else step.rep_gram
+            result = aggregator.weigh(gram, losses)
             weights, task_weights = result.weights, result.task_weights
         else:
             assert step.grad_norms is not None

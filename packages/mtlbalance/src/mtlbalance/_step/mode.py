@@ -159,14 +159,6 @@ class FastMode:
     def approximate(self) -> bool:
         return self.name != "exact"
 
-    def check_single_process(self, collective: object, process_group: object) -> None:
-        """The fast modes do not reduce across processes yet: refuse them in a process group."""
-        if self.approximate and collective is not None:
-            raise ValueError(
-                f"mode={self.name!r} does not run data-parallel yet (process_group="
-                f"{process_group!r}): use mode='exact' under a process group, or one process"
-            )
-
     # ------------------------------------------------------------------ probe
     def set_probe(self, indices: list[int]) -> None:
         layout = self.layout

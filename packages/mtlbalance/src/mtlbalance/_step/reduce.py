@@ -23,8 +23,16 @@ the W ranks before anything reads it:
 * an accumulated step: its sums, once, before the transform (:func:`accumulation`);
 * randomised methods (RLW, PCGrad, GradDrop, …): rank 0's draws are broadcast.
 
-A fast mode reduces only its probe rows or norms with :meth:`Collective.mean_` (a few
-floats beyond EW) and relies on one all-reduce of its single weighted backward.
+A fast mode (``Balancer(mode=...)``) reduces what its factors are computed from, then the
+gradients of its one backward of ``Σ_t c_t ℓ̃_t`` (:func:`combined`: EW's traffic):
+
+* probe: the probe's rows (T, |θ_p|) and each task's own gradients (:func:`run`) — T × the
+  probe's size beyond EW (the first step, which picks the default probe, reduces the exact
+  rows once);
+* representation: the Gram matrix of the rows at z, ``R Rᵀ = (1/W²) Σ_r R_r R_rᵀ`` (T² floats,
+  :func:`representation_gram`; its diagonal gives the norms) and each task's own gradients;
+* periodic: its exact steps reduce what the exact path reduces; the steps in between only
+  the one backward's gradients (the task parameters' among them).
 
 Everything after this stage (the check, the weighting, the tables, the write-back) reads
 reduced values only, so every rank takes the same decisions, holds the same state and writes
@@ -43,6 +51,7 @@ import torch
 from torch import Tensor
 
 from .._norms import norms
+from ..aggregators.base import gram_matrix
 from .collective import Collective, ProcessGroupArg
 from .context import Accumulation, Setup, Step
 
@@ -134,23 +143,50 @@ def run(setup: Setup, step: Step) -> None:
         step.rep_rows = collective.gather_rows(step.rep_rows)
 
 
-def combined(setup: Setup, step: Step) -> None:
-    """After the one combined backward of a loss- or representation-level method (direct
-    step): the shared, task-specific and tables' gradients averaged — EW's traffic — and the
-    norms the check reads recomputed from them."""
+def representation_gram(setup: Setup, step: Step) -> None:
+    """Representation mode, data parallel: ``step.rep_gram`` = the Gram matrix of the global
+    rows at z and ``step.grad_norms`` its diagonal's roots, each task's own gradients averaged
+    (one bucketed all-reduce of T² floats and those gradients). Rank r's rows are
+    ``R_r = ∇_{z_r} ℓ̃^r`` on its own samples; the global batch's are ``[R_1 … R_W] / W``, so
+    ``R Rᵀ = (1/W²) Σ_r R_r R_rᵀ``. One process: nothing (the weighting reads the rows)."""
+    collective = setup.collective
+    if collective is None:
+        return
+    assert step.rep_rows is not None
+    local = gram_matrix(step.rep_rows).contiguous()
+    reduced = collective.mean([local, *(g for gs in step.task_grads for g in gs)])
+    world = collective.world_size
+    gram = reduced[0]
+    assert gram is not None
+    step.rep_gram = gram / world
+    sizes, i, parts = [len(gs) for gs in step.task_grads], 1, []
+    for n in sizes:
+        parts.append(reduced[i : i + n])
+        i += n
+    step.task_grads = parts
+    step.grad_norms = torch.diagonal(step.rep_gram).clamp_min(0).sqrt()
+
+
+def combined(setup: Setup, step: Step, task_grads: bool = True) -> None:
+    """After the one combined backward of a loss- or representation-level method or of a fast
+    mode (direct step): the shared, tables' and (``task_grads``: unless a fast mode reduced
+    them with its rows) task-specific gradients averaged — EW's traffic — and the norms the
+    check reads recomputed from them."""
     collective = setup.collective
     if collective is None or step.accumulated is not None:
         return
     shared = step.shared_grads or []
-    sizes = [len(shared), *(len(gs) for gs in step.task_grads), len(step.table_grads)]
-    flat = collective.mean([*shared, *(g for gs in step.task_grads for g in gs), *step.table_grads])
+    own = step.task_grads if task_grads else []
+    sizes = [len(shared), *(len(gs) for gs in own), len(step.table_grads)]
+    flat = collective.mean([*shared, *(g for gs in own for g in gs), *step.table_grads])
     parts, i = [], 0
     for n in sizes:
         parts.append(flat[i : i + n])
         i += n
     if step.shared_grads is not None:
         step.shared_grads = parts[0]
-    step.task_grads = parts[1:-1]
+    if task_grads:
+        step.task_grads = parts[1:-1]
     step.table_grads = parts[-1]
     step.combined = [g for g in [*parts[0], *parts[-1]] if g is not None]
     step.combined_norms = norms(step.combined) if step.combined else None
