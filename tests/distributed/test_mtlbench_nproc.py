@@ -15,10 +15,14 @@ from mtltrain import distributed
 
 TIMEOUT_S = 300
 RUN = ["run", "synthetic-hetero", "--methods", "dbmtl", "--seeds", "1", "--epochs", "1"]
+# a recsys spec (RecInputs batches, embedding tables balanced approximately) with a fast mode
+REC = ["run", "mmoe-synthetic", "--methods", "dbmtl_probe", "--seeds", "1", "--epochs", "1"]
 
 
-def _mtlbench(out: Path, *extra: str, launcher: list[str] | None = None) -> None:
-    args = [*RUN, "--no-tracking", "--spool", str(out / "spool"), "--out", str(out)]
+def _mtlbench(
+    out: Path, *extra: str, launcher: list[str] | None = None, run: list[str] = RUN
+) -> None:
+    args = [*run, "--no-tracking", "--spool", str(out / "spool"), "--out", str(out)]
     cmd = [*(launcher or [sys.executable]), "-m", "mtlbench.cli", *args, "--quiet", *extra]
     done = subprocess.run(cmd, timeout=TIMEOUT_S, cwd=out, capture_output=True, text=True)
     assert done.returncode == 0, (
@@ -37,9 +41,24 @@ def outs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return dirs
 
 
-def _model(out: Path) -> dict[str, torch.Tensor]:
-    ckpt = out / "checkpoints" / "synthetic-hetero" / "dbmtl-seed0" / "last.pt"
+def _model(out: Path, run: str = "synthetic-hetero/dbmtl-seed0") -> dict[str, torch.Tensor]:
+    ckpt = out / "checkpoints" / run / "last.pt"
     return torch.load(ckpt, weights_only=True)["model"]
+
+
+def test_a_recsys_spec_with_a_fast_mode_on_two_ranks(tmp_path: Path) -> None:
+    """RecInputs batches are cut by row (multi-hot bags included) and the probe mode reduces
+    its probe rows: two ranks train what one process trains."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    _mtlbench(one, "--device", "cpu", run=REC)
+    _mtlbench(two, "--device", "cpu", "--nproc", "2", run=REC)
+    want = _model(one, "mmoe-synthetic/dbmtl_probe-seed0")
+    got = _model(two, "mmoe-synthetic/dbmtl_probe-seed0")
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5, msg=k)
 
 
 @pytest.mark.parametrize("how", ["nproc", "torchrun"])

@@ -316,8 +316,11 @@ def shard_loader(loader: Any, *, seed: int = 0) -> Any:
 def split_batch(inputs: Any, targets: Mapping[str, Any]) -> tuple[Any, dict[str, Any], float]:
     """This rank's contiguous slice (along dim 0) of a global batch, and the weight of its
     losses: rank r of W takes rows ``[⌊r n/W⌋, ⌊(r+1) n/W⌋)`` of every tensor (in dicts,
-    lists, tuples), and a mean loss over its ``n_r`` rows weighted by ``W n_r / n`` averages
-    across the ranks to the global batch's mean loss, even when W does not divide n."""
+    lists, tuples), of every object with ``index(rows)`` and ``len()`` (mtlrec's
+    ``RecInputs``: ``obj.index(arange(lo, hi))``) and graphs ``lo … hi-1`` of a
+    torch_geometric ``Batch``; a mean loss over its ``n_r`` rows weighted by ``W n_r / n``
+    averages across the ranks to the global batch's mean loss, even when W does not divide
+    n."""
     world = world_size()
     me = int(torch.distributed.get_rank()) if world > 1 else 0
     sizes = {int(t.shape[0]) for t in _tensors(targets) if t.dim() > 0}
@@ -359,12 +362,38 @@ def _slice(obj: Any, lo: int, hi: int, n: int) -> Any:
         return {k: _slice(v, lo, hi, n) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return type(obj)(_slice(v, lo, hi, n) for v in obj)
+    rows = _rows_of(obj)
+    if rows is not None:
+        if rows != n:
+            raise ValueError(
+                f"cannot split a batch of {n} samples: its {type(obj).__name__} holds {rows} "
+                f"rows, not {n}; give the trainer a rank-sharded loader instead "
+                f"(TrainerConfig(data_parallel='sharded_loader'))"
+            )
+        if hasattr(obj, "to_data_list"):  # a torch_geometric Batch: graphs lo … hi-1
+            return type(obj).from_data_list(obj.index_select(slice(lo, hi)))
+        idx = torch.arange(lo, hi, device=getattr(obj, "device", None))
+        return obj.index(idx)
     raise TypeError(
         f"cannot split a batch holding a {type(obj).__name__} across ranks (tensors, dicts, "
-        f"lists and tuples of them can be); give the trainer a rank-sharded loader instead "
-        f"(TrainerConfig(data_parallel='sharded_loader'), e.g. mtltrain.distributed."
-        f"shard_loader)"
+        f"lists and tuples of them can be, and objects with index(rows) and len(), such as "
+        f"mtlrec's RecInputs, or torch_geometric Batches); give the trainer a rank-sharded "
+        f"loader instead (TrainerConfig(data_parallel='sharded_loader'), e.g. "
+        f"mtltrain.distributed.shard_loader)"
     )
+
+
+def _rows_of(obj: Any) -> int | None:
+    """The batch size of a batch object :func:`split_batch` can cut: a torch_geometric
+    ``Batch`` (its ``num_graphs``) or an object with ``index(rows: Tensor)`` and ``len()`` (its
+    rows, e.g. mtlrec's ``RecInputs``); None for anything else."""
+    if isinstance(obj, str | bytes):
+        return None
+    if hasattr(obj, "to_data_list") and hasattr(obj, "index_select"):
+        return int(obj.num_graphs)
+    if callable(getattr(obj, "index", None)) and hasattr(obj, "__len__"):
+        return len(obj)
+    return None
 
 
 def free_port() -> int:
