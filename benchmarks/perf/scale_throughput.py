@@ -1,6 +1,6 @@
 """Scale benchmark: examples/s and bytes communicated per step of sharded multi-task ranking
-(TorchRec DMP tables, fused optimizer) at 1 and N processes, for EW and exact DB-MTL (and
-fast DB-MTL once it is on main), with MMoE and PLE.
+(TorchRec DMP tables, fused optimizer) at 1 and N processes, for EW, exact DB-MTL and the fast
+(approximate) DB-MTL modes that need no representation (probe, periodic), with MMoE and PLE.
 
 Data: a Criteo-shaped log (26 sparse features with large tables, 13 dense, click /
 conversion / dwell) written as Parquet by ``mtlrec.data.write_criteo_log`` and read by each
@@ -46,7 +46,6 @@ ARCHS = {
     "ple": {"num_levels": 2, "shared_experts": 2, "task_experts": 1, "expert": (128, 64),
             "tower": (32,)},
 }  # fmt: skip
-FAST_SLOT = "fast DB-MTL"
 COLLECTIVES = (
     "all_reduce",
     "all_to_all_single",
@@ -135,11 +134,8 @@ def _worker(args: argparse.Namespace) -> None:
     methods = [m for m in args.methods.split(",") if m]
     for arch in args.archs.split(","):
         for method in methods:
-            name = args.fast_method if method == "fast" else method
-            if name is None:
-                continue  # the fast slot, empty until fast DB-MTL is on main
-            label = f"{arch} / {FAST_SLOT if method == 'fast' else method}"
-            out["runs"][label] = _time_run(args, arch, name, fitted, batches, device, counter)
+            label = f"{arch} / {method}"
+            out["runs"][label] = _time_run(args, arch, method, fitted, batches, device, counter)
     Path(args.out).with_suffix(f".rank{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
 
@@ -217,7 +213,11 @@ def _time_run(
     elapsed = time.perf_counter() - t0
     if sync is not None:
         sync.close()
+    mode = balancer.mode
     return {
+        "mode": mode.name,
+        "probe_params": None if mode.probe is None else mode.probe_layout.total,
+        "period": mode.period if mode.name == "periodic" else None,
         "examples_per_s": args.batch * args.steps / elapsed,
         "bytes_per_step": {k: v / args.steps for k, v in counter.by_kind.items()},
         "dense_shared_params": sum(p.numel() for p in dense),
@@ -236,8 +236,6 @@ def _launch(args: argparse.Namespace, world: int, data: Path, tmp: Path) -> list
         "--warmup", str(args.warmup), "--archs", args.archs, "--methods", args.methods,
         "--threads", str(args.threads), "--sharding", args.sharding,
     ]  # fmt: skip
-    if args.fast_method:
-        base += ["--fast-method", args.fast_method]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(args.threads)}
     procs = [
         subprocess.Popen([*base, "--rank", str(r)], env=env, stderr=subprocess.PIPE, text=True)
@@ -272,10 +270,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--archs", default="mmoe,ple")
-    p.add_argument("--methods", default="ew,dbmtl,fast")
-    p.add_argument(
-        "--fast-method", default=None, help="fast DB-MTL's registry name, once it is on main"
-    )
+    p.add_argument("--methods", default="ew,dbmtl,dbmtl_probe,dbmtl_periodic")
     p.add_argument("--sharding", default="table_wise")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--timeout", type=int, default=900)
@@ -321,6 +316,9 @@ def main() -> None:
                     "bytes_per_step_rank0": run["bytes_per_step"],
                     "dense_shared_params": run["dense_shared_params"],
                     "task_params": run["task_params"],
+                    "mode": run["mode"],
+                    "probe_params": run["probe_params"],
+                    "period": run["period"],
                 }
             results.setdefault("_loader_rows_per_s", {})[str(world)] = [
                 r["loader_rows_per_s"] for r in ranks
@@ -333,6 +331,8 @@ def main() -> None:
                                                                   "store", "out")},
         "table_rows": sum(cards) + len(cards),
         "write_log_s": write_s,
+        "load_at_end": " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        if Path("/proc/loadavg").exists() else None,
         "results": results,
     }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -340,6 +340,17 @@ def main() -> None:
     base.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     base.with_suffix(".md").write_text(_markdown(result, args, worlds) + "\n")
     print(_markdown(result, args, worlds))
+
+
+def _reduced_values(label: str, v: dict[str, Any], p: int, t: int, args: Any) -> float:
+    """Shared values summed per step (mean over the timed steps), from the shapes."""
+    if v.get("mode") == "probe":
+        return t * v["probe_params"] + p
+    if v.get("mode") == "periodic":  # exact on the mode's steps 0, K, 2K, … (warm-up counted)
+        timed = range(args.warmup, args.warmup + args.steps)
+        exact = sum(1 for k in timed if k % v["period"] == 0)
+        return (exact * t * p + (args.steps - exact) * p) / args.steps
+    return t * p if label.endswith("/ dbmtl") else p
 
 
 def _fmt_bytes(b: float) -> str:
@@ -402,23 +413,20 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace, worlds: list[int
                 continue
             p, q = v["dense_shared_params"], v["task_params"]
             t = 3  # click, conversion, dwell
-            rows = t if label.endswith("/ dbmtl") else 1
-            want = 4 * (rows * p + q + t + 1)
+            want = 4 * (_reduced_values(label, v, p, t, args) + q + t + 1)
             got = v["bytes_per_step_rank0"].get("all_reduce", 0.0)
             checks.append(f"{label}, {w} proc: {got:,.0f} counted, {want:,} from shapes")
     if checks:
         lines += [
             "",
-            "all_reduce bytes against the shapes, 4 B × (R·P_shared + P_towers + T + 1) with "
-            "R = 1 backward reaching the shared layers for EW, R = T = 3 for exact DB-MTL "
-            "(loop engine), plus the T losses and the row count: " + "; ".join(checks) + ".",
-        ]
-    methods = args.methods.split(",")
-    if "fast" in methods and not args.fast_method:
-        lines += [
-            "",
-            f"{FAST_SLOT}: slot left empty — fast DB-MTL has not landed on main yet; rerun "
-            f"with `--fast-method NAME` (its registry name) once it has.",
+            "all_reduce bytes against the shapes, 4 B × (S + P_towers + T + 1): S the shared "
+            "values whose gradients DenseGradSync sums, P_shared for EW (one backward), "
+            "T·P_shared for exact DB-MTL (loop engine), T·P_probe + P_shared for the probe "
+            "mode (the T probe backwards, then the one weighted backward), and for the "
+            "periodic mode T·P_shared on its exact steps, P_shared between (averaged over the "
+            "timed steps); plus the tower gradients, the T losses and the row count: "
+            + "; ".join(checks)
+            + ".",
         ]
     loader = res.get("_loader_rows_per_s", {})
     if loader:
@@ -431,8 +439,9 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace, worlds: list[int
         ]
     lines += [
         "",
-        "CPU shared with other engineers' jobs during the run (2 cores, 4 engineers): the "
-        "absolute numbers are noisy; compare rows measured in the same run.",
+        f"Load average at the end of the run: {result.get('load_at_end', '?')} (the CPU may "
+        "be shared with other jobs: the absolute numbers are noisy; compare rows measured in "
+        "the same run).",
     ]
     return "\n".join(lines)
 
