@@ -56,7 +56,7 @@ def main(out: Path) -> None:
         },
         out / f"rank{job.rank}.pt",
     )
-    torch.distributed.destroy_process_group()
+    distributed.shutdown()  # the heartbeat first, then the process group
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
         for method in methods:
             train(out, method, mode, steps, kill, job)
     if job is not None:
-        torch.distributed.destroy_process_group()
+        distributed.shutdown()  # the heartbeat first, then the process group
 
 
 def train(
