@@ -313,3 +313,27 @@ def test_save_and_load_errors_say_what_to_do(world1: Path) -> None:
         load_sharded(world1 / "c", run.dmp, optimizers=run.optimizers)
     with pytest.raises(TypeError, match="no sharding plan"):
         save_sharded(world1 / "d", run.model, step=0)
+
+
+def test_another_table_optimizer_is_refused(world1: Path) -> None:
+    """Same plan, another fused optimizer (row-wise Adagrad keeps one sum per row): its state
+    does not fit, and the error names the table's state and both shapes."""
+    from _dmp_ckpt_worker import build
+
+    from mtlrec.sharded_checkpoint import CheckpointError, has_sharded_checkpoint
+
+    config = _config("ew")
+    run = build(config)
+    _train(run, config, range(1))
+    assert not has_sharded_checkpoint(world1 / "ckpt")
+    _save(run, world1 / "ckpt", 1)
+    assert has_sharded_checkpoint(world1 / "ckpt")
+    other = build(_config("ew", optimizer="exact_row_wise_adagrad"))
+    with pytest.raises(CheckpointError, match="does not fit this run") as err:
+        _load(other, world1 / "ckpt")
+    assert (
+        "fused optimizer['state']['embedding.ebc.embedding_bags.t_user.weight']"
+        "['t_user.momentum1']: this run has sharded [40], local shards (offsets, sizes) "
+        "[([0], [40])], the file sharded [40, 8], local shards (offsets, sizes) "
+        "[([0, 0], [40, 8])]"
+    ) in str(err.value)

@@ -240,8 +240,8 @@ def _check_plain(value: Any, where: str) -> None:
         return
     raise TypeError(
         f"{where} is a {type(value).__name__}: a checkpoint holds tensors and plain Python "
-        "values only (dict, list, tuple, str, int, float, bool, None), so that loading it runs "
-        "no code; convert it (e.g. a dataclass with dataclasses.asdict)"
+        "values only (dict, list, tuple, str, bytes, int, float, bool, None), so that loading "
+        "it runs no code; convert it (e.g. a dataclass with dataclasses.asdict)"
     )
 
 
@@ -304,11 +304,19 @@ def _plan_text(entry: Mapping[str, Any] | None) -> str:
     return text
 
 
+def _placed_by_rank(entry: Mapping[str, Any] | None) -> Any:
+    """``entry`` with each shard's placement reduced to its rank (``rank:1/cuda:1`` ->
+    ``rank:1``): the values are saved on the CPU, so the device does not have to match."""
+    if entry is None or entry["shards"] is None:
+        return entry
+    return {**entry, "shards": [[o, s, str(p).split("/")[0]] for o, s, p in entry["shards"]]}
+
+
 def _plan_differences(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> list[str]:
     return [
         f"{name}: checkpoint {_plan_text(saved.get(name))}; this run {_plan_text(mine.get(name))}"
         for name in sorted(set(saved) | set(mine))
-        if saved.get(name) != mine.get(name)
+        if _placed_by_rank(saved.get(name)) != _placed_by_rank(mine.get(name))
     ]
 
 
@@ -365,7 +373,11 @@ def save_sharded(
 
     Returns the folder of this save. When it returns on any rank, the checkpoint is complete
     (the manifest is written after every rank's file); a kill before that leaves the previous
-    checkpoint as the one :func:`load_sharded` loads."""
+    checkpoint as the one :func:`load_sharded` loads. A rank that cannot write its file (full
+    disk, ...) makes every rank raise OSError, the previous checkpoint unchanged.
+
+    Memory: the rank's state is copied to the CPU (its shards and their optimizer state)
+    before it is written: about the size of this rank's shards plus their fused state."""
     rank, world = _world()
     directory = Path(directory)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
@@ -408,23 +420,34 @@ def save_sharded(
             f"sharded checkpoint {folder}: rank(s) {[r for r, _ in failed]} could not write "
             f"their file ({failed[0][1]}); the previous checkpoint in {directory} is unchanged"
         )
+    outcome: list[str | None] = [None]
     if rank == 0:
-        atomic_save(
-            {
-                "format": SHARDED_FORMAT,
-                "kind": _KIND,
-                "world": world,
-                "step": step,
-                "save": token[0],
-                "plan": plan,
-                "files": {_rank_file(r, world): d for r, (d, _) in enumerate(written)},
-            },
-            directory / MANIFEST,
+        try:
+            atomic_save(
+                {
+                    "format": SHARDED_FORMAT,
+                    "kind": _KIND,
+                    "world": world,
+                    "step": step,
+                    "save": token[0],
+                    "plan": plan,
+                    "files": {_rank_file(r, world): d for r, (d, _) in enumerate(written)},
+                },
+                directory / MANIFEST,
+            )
+        except OSError as e:
+            outcome = [str(e)]
+        else:
+            for old in directory.iterdir():
+                if old.is_dir() and _SAVE_DIR.fullmatch(old.name) and old.name != token[0]:
+                    shutil.rmtree(old, ignore_errors=True)
+    # every rank returns only once the checkpoint is complete, or raises with rank 0
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise OSError(
+            f"sharded checkpoint {folder}: rank 0 could not write the manifest ({outcome[0]}); "
+            f"the previous checkpoint in {directory} is unchanged"
         )
-        for old in directory.iterdir():
-            if old.is_dir() and _SAVE_DIR.fullmatch(old.name) and old.name != token[0]:
-                shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
     return folder
 
 
@@ -534,8 +557,10 @@ def load_sharded(
                 f"{path} does not fit this run's model/optimizers (was it saved by another "
                 "model or optimizer?): " + "; ".join(problems)
             )
-    except (CheckpointError, FileNotFoundError, OSError) as e:
+    except (CheckpointError, OSError) as e:  # (FileNotFoundError: no manifest, ...)
         error = str(e)
+    except Exception as e:  # every rank must reach the agreement below, whatever failed
+        error = f"{type(e).__name__}: {e}"
     _agree(error, "cannot resume")
 
     # TorchRec's own load paths (the local shards copied into the tables and into the fused
