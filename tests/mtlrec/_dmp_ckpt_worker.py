@@ -54,11 +54,43 @@ class Run:
     optimizers: dict[str, torch.optim.Optimizer]
 
 
+def explicit_plan(model: Any, placement: dict[str, list[Any]]) -> Any:
+    """A plan written out with TorchRec's helpers instead of the planner: feature ->
+    ``["column_wise", [0, 1]]`` (the columns split over ranks 0 and 1), ``["table_wise", r]``
+    or ``["data_parallel"]``."""
+    from torchrec.distributed.sharding_plan import (
+        column_wise,
+        construct_module_sharding_plan,
+        data_parallel,
+        table_wise,
+    )
+    from torchrec.distributed.types import ShardingPlan
+
+    kinds = {
+        "column_wise": lambda ranks: column_wise(ranks=ranks, compute_kernel="fused"),
+        "table_wise": lambda rank: table_wise(rank=rank, compute_kernel="fused"),
+        "data_parallel": lambda: data_parallel(),
+    }
+    per_table = {f"t_{f}": kinds[kind](*args) for f, (kind, *args) in placement.items()}
+    module_plan = construct_module_sharding_plan(
+        model.embedding.ebc,
+        per_table,
+        world_size=dist.get_world_size(),
+        local_size=dist.get_world_size(),
+        device_type="cpu",
+    )
+    return ShardingPlan({"embedding.ebc": module_plan})
+
+
 def build(config: dict[str, Any], plan: Any = None) -> Run:
-    """The model (seed 0 on every rank), sharded; the dense optimizers, the balancer; then
-    this rank's own RNG stream (seed 100 + rank) for the target noise."""
+    """The model (seed 0 on every rank), sharded (by ``plan``, ``config["plan"]`` written out
+    with :func:`explicit_plan`, or the planner under ``config["sharding"]``); the dense
+    optimizers, the balancer; then this rank's own RNG stream (seed 100 + rank) for the
+    target noise."""
     torch.manual_seed(0)
     model = build_model(config)
+    if plan is None and config.get("plan"):
+        plan = explicit_plan(model, config["plan"])
     dmp = shard_model(
         model,
         sharding=None if plan is not None else config["sharding"],

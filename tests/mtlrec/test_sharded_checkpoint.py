@@ -36,10 +36,24 @@ BASE: dict[str, Any] = {
     "optimizer_args": {"eps": 1e-8},
     "save_every": 2,
 }
+MIXED_PLAN = {  # written out (the planner keeps an 8-column table whole)
+    "user": ["column_wise", [0, 1]],  # columns 0-3 on rank 0, 4-7 on rank 1
+    "item": ["data_parallel"],  # replicated, its own (dense) SGD
+    "tags": ["table_wise", 0],
+    "city": ["table_wise", 1],
+}
 # the checkpoints fall after steps 2 and 4; each kill leaves step 2 as the last complete one
-KILLS = {
-    "ew": {"rank": 1, "after_step": 3},  # between two saves
-    "dbmtl": {"rank": 0, "before_manifest": 4},  # mid-save: both rank files written, no manifest
+CASES: dict[str, dict[str, Any]] = {
+    "ew": {"method": "ew", "kill": {"rank": 1, "after_step": 3}},  # between two saves
+    "dbmtl": {  # mid-save: both rank files written, not the manifest
+        "method": "dbmtl",
+        "kill": {"rank": 0, "before_manifest": 4},
+    },
+    "dbmtl-mixed": {
+        "method": "dbmtl",
+        "plan": MIXED_PLAN,
+        "kill": {"rank": 0, "after_step": 3},
+    },
 }
 
 
@@ -59,21 +73,21 @@ def _job(config: dict[str, Any], folder: Path, name: str) -> tuple[int, Path]:
     return code, out
 
 
-@pytest.fixture(scope="module", params=sorted(KILLS))
+@pytest.fixture(scope="module", params=sorted(CASES))
 def killed_and_resumed(request: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An uninterrupted 2-process run; the same run with one rank SIGKILLed; the relaunch
     resuming from the last complete checkpoint."""
     from mtltrain.checkpoint import load_file
 
-    method = request.param
-    folder = tmp_path_factory.mktemp(f"resume-{method}")
-    config = {**BASE, "method": method}
+    case = request.param
+    folder = tmp_path_factory.mktemp(f"resume-{case}")
+    config = {**BASE, **{k: v for k, v in CASES[case].items() if k != "kill"}}
     code, out = _job({**config, "ckpt": str(folder / "full")}, folder, "full")
     assert code == 0, "the uninterrupted run failed"
     full = torch.load(out, weights_only=True)
     cut_ckpt = folder / "cut"
     cut_config = {**config, "ckpt": str(cut_ckpt), "resume": True}
-    code, out = _job({**cut_config, "kill": KILLS[method]}, folder, "cut")
+    code, out = _job({**cut_config, "kill": CASES[case]["kill"]}, folder, "cut")
     assert code != 0 and not out.exists(), "the killed run did not fail"
     after_kill = {
         "manifest_step": load_file(cut_ckpt / "manifest.pt")["step"],
@@ -86,7 +100,8 @@ def killed_and_resumed(request: Any, tmp_path_factory: pytest.TempPathFactory) -
     code, out = _job(cut_config, folder, "resumed")
     assert code == 0, "the resumed run failed"
     return {
-        "method": method,
+        "case": case,
+        "config": config,
         "full": full,
         "resumed": torch.load(out, weights_only=True),
         "after_kill": after_kill,
@@ -123,13 +138,16 @@ def test_a_2_process_run_killed_and_resumed_continues_identically(
     # squared gradients are not zero, the ranks' RNG streams differ
     for feature, table in full["tables"].items():
         assert table.abs().max() > 0, feature
+    fused_tables = [
+        f for f in TABLE_WISE if (run["config"].get("plan") or {}).get(f) != ["data_parallel"]
+    ]
     assert set(full["fused"]) == {
-        f"embedding.ebc.embedding_bags.t_{f}.weight/t_{f}.momentum1" for f in TABLE_WISE
+        f"embedding.ebc.embedding_bags.t_{f}.weight/t_{f}.momentum1" for f in fused_tables
     }
     for key, sums in full["fused"].items():
         assert sums.min() >= 0 and sums.max() > 0, key
     assert not torch.equal(full["rng"][0], full["rng"][1])
-    if run["method"] == "dbmtl":
+    if run["config"]["method"] == "dbmtl":
         assert full["balancer"], "DB-MTL has state (its moving averages)"
     for part in ("tables", "fused", "dense", "optimizers", "balancer", "rng"):
         _assert_identical(resumed[part], full[part], part)
@@ -144,7 +162,7 @@ def test_a_kill_leaves_the_previous_complete_checkpoint(
     after = killed_and_resumed["after_kill"]
     assert after["manifest_step"] == 2
     files = ["rank0-of-2.pt", "rank1-of-2.pt"]
-    if killed_and_resumed["method"] == "dbmtl":
+    if "before_manifest" in CASES[killed_and_resumed["case"]]["kill"]:
         assert after["saves"] == [("00000002", files), ("00000004", files)]
     else:
         assert after["saves"] == [("00000002", files)]
@@ -196,13 +214,23 @@ def test_resume_restores_the_fused_optimizer_state(world1: Path) -> None:
     """Adagrad's sums of squared gradients are restored: after loading they equal the saved
     run's (and are far from the fresh zeros), and two more steps end bit for bit where the
     saved run's two more steps end. Zeroing the sums after the load (as a loader that skips
-    the optimizer state leaves them) changes the tables: the comparison would notice."""
+    the optimizer state leaves them) changes the tables: the comparison would notice.
+
+    The fused kernels' step counters (fbgemm's ``iter``: fused Adam's bias correction reads
+    it; TorchRec's optimizer state dict leaves it out) come back too. The CPU kernels do not
+    advance it (fused Adam is GPU-only), so it is set to 5 here before the save."""
     from _dmp_ckpt_worker import build, snapshot
+
+    from mtlrec.sharded_checkpoint import _fused_kernels
 
     config = _config()
     ckpt = world1 / "ckpt"
     first = build(config)
     _train(first, config, range(2))
+    kernels = _fused_kernels(first.dmp.fused_optimizer)
+    assert kernels, "no fused kernel found: the step counters would not be saved"
+    for kernel in kernels.values():
+        kernel.set_optimizer_step(5)
     saved = snapshot(first)
     _save(first, ckpt, 2, extra={"epoch": 0, "position": [2, "rows"]})
     _train(first, config, range(2, 4))
@@ -211,8 +239,10 @@ def test_resume_restores_the_fused_optimizer_state(world1: Path) -> None:
     again = build(config)
     fresh = snapshot(again)
     assert all(s.abs().max() == 0 for s in fresh["fused"].values())
+    assert [int(k.iter) for k in _fused_kernels(again.dmp.fused_optimizer).values()] == [0]
     resumed = _load(again, ckpt)
     assert resumed.step == 2 and resumed.extra == {"epoch": 0, "position": [2, "rows"]}
+    assert [int(k.iter) for k in _fused_kernels(again.dmp.fused_optimizer).values()] == [5]
     loaded = snapshot(again)
     for key, sums in saved["fused"].items():
         assert sums.max() > 0, key
@@ -240,7 +270,7 @@ def test_another_world_size_is_refused(killed_and_resumed: dict[str, Any], world
 
     ckpt = world1 / "from-2"
     shutil.copytree(killed_and_resumed["ckpt"], ckpt)
-    run = build(_config(killed_and_resumed["method"]))
+    run = build(_config(killed_and_resumed["config"]["method"]))  # (a plan for 1 process)
     with pytest.raises(CheckpointError, match=r"saved by 2 processes, this run has 1.*--nproc 2"):
         _load(run, ckpt)
 

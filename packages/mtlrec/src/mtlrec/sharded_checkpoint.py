@@ -7,7 +7,9 @@
   tables as ``ShardedTensor`` whose ``local_shards()`` carry their offsets, the replicated
   tables and dense layers as tensors);
 - the **fused optimizer's state** of those shards (``dmp.fused_optimizer.state_dict()``, a
-  ``KeyedOptimizer`` over ``ShardedTensor`` s: Adagrad's sum of squares ``momentum1``, …);
+  ``KeyedOptimizer`` over ``ShardedTensor`` s: Adagrad's sum of squares ``momentum1``, …),
+  and each fused kernel's step counter (fbgemm's ``iter``, which fused Adam's bias
+  correction reads and TorchRec's state dict leaves out);
 - the dense optimizers' ``state_dict`` s, the balancer's ``state_dict``, the step, plain
   ``extra`` values (a data position, …) and this rank's RNG states
   (:func:`mtltrain.checkpoint.rng_state`).
@@ -220,6 +222,28 @@ def _fill(target: Any, saved: Any) -> Any:
     return saved
 
 
+def _fused_kernels(fused: Any) -> dict[str, Any]:
+    """The fbgemm kernels behind the fused optimizer (``path`` -> kernel), found by walking
+    TorchRec's ``CombinedOptimizer`` tree down to its ``EmbeddingFusedOptimizer`` leaves.
+
+    Each kernel counts its steps in a buffer (``iter``) that fused Adam and LAMB use for their
+    bias correction, and that TorchRec's optimizer ``state_dict`` does not include: it is saved
+    beside it and restored with the kernel's ``set_optimizer_step``."""
+    out: dict[str, Any] = {}
+
+    def walk(opt: Any, path: str) -> None:
+        kernel = getattr(opt, "_emb_module", None)
+        if kernel is not None:
+            if isinstance(getattr(kernel, "iter", None), Tensor):
+                out[path] = kernel
+            return
+        for key, sub in getattr(opt, "optimizers", []):
+            walk(sub, f"{path}/{key}")
+
+    walk(fused, "")
+    return out
+
+
 _PLAIN = (Tensor, int, float, bool, str, bytes, type(None))
 
 
@@ -401,6 +425,7 @@ def save_sharded(
         "save": token[0],
         "model": _pack(dmp.state_dict()),
         "fused_optimizer": _pack(fused.state_dict()),
+        "fused_steps": {p: int(k.iter.item()) for p, k in _fused_kernels(fused).items()},
         "optimizers": {n: o.state_dict() for n, o in (optimizers or {}).items()},
         "balancer": balancer.state_dict() if balancer is not None else None,
         "extra": dict(extra or {}),
@@ -502,6 +527,7 @@ def load_sharded(
     state: dict[str, Any] = {}
     model_target: dict[str, Any] = {}
     fused_target: dict[str, Any] = {}
+    kernels: dict[str, Any] = {}
     try:
         manifest = _read_manifest(directory)
         if manifest["world"] != world:
@@ -541,6 +567,12 @@ def load_sharded(
         _match(model_target, state["model"], "model", problems)
         fused_target = fused.state_dict()
         _match(fused_target, state["fused_optimizer"], "fused optimizer", problems)
+        kernels = _fused_kernels(fused)
+        if sorted(kernels) != sorted(state["fused_steps"]):
+            problems.append(
+                f"fused kernels: the file has {sorted(state['fused_steps'])}, this run "
+                f"{sorted(kernels)}"
+            )
         if sorted(optimizers) != sorted(state["optimizers"]):
             problems.append(
                 f"dense optimizers: the file holds {sorted(state['optimizers'])}, this call "
@@ -567,6 +599,8 @@ def load_sharded(
     # kernel's state), given this run's state dicts filled with the saved values
     dmp.load_state_dict(_fill(model_target, state["model"]))
     fused.load_state_dict(_fill(fused_target, state["fused_optimizer"]))
+    for path, kernel in kernels.items():
+        kernel.set_optimizer_step(state["fused_steps"][path])
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
     if balancer is not None:
