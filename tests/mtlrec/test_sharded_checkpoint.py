@@ -367,3 +367,32 @@ def test_another_table_optimizer_is_refused(world1: Path) -> None:
         "[([0], [40])], the file sharded [40, 8], local shards (offsets, sizes) "
         "[([0, 0], [40, 8])]"
     ) in str(err.value)
+
+
+def test_a_failed_save_raises_and_keeps_the_previous_checkpoint(
+    world1: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank file or the manifest that cannot be written (full disk, ...): the save raises
+    OSError naming the folder, and the previous checkpoint is still the one loaded."""
+    from _dmp_ckpt_worker import build
+
+    import mtlrec.sharded_checkpoint as sc
+
+    config = _config("ew")
+    run = build(config)
+    ckpt = world1 / "ckpt"
+    _save(run, ckpt, 1, extra={"n": 1})
+    real = sc.atomic_save
+    for failing in ("rank0-of-1.pt", sc.MANIFEST):
+
+        def full_disk(obj: Any, path: Any, failing: str = failing) -> Any:
+            if Path(path).name == failing:
+                raise OSError(28, f"could not write checkpoint {path}: No space left on device")
+            return real(obj, path)
+
+        monkeypatch.setattr(sc, "atomic_save", full_disk)
+        with pytest.raises(OSError, match=r"save-00000002-.*previous checkpoint .* unchanged"):
+            _save(run, ckpt, 2, extra={"n": 2})
+        monkeypatch.setattr(sc, "atomic_save", real)
+        resumed = _load(run, ckpt)
+        assert (resumed.step, resumed.extra) == (1, {"n": 1})
