@@ -201,10 +201,12 @@ def main(argv: list[str]) -> None:
 
     run = build(config)
     first = 0
+    at_resume = None
     if config.get("resume") and sc.has_sharded_checkpoint(ckpt):
         resumed = sc.load_sharded(ckpt, run.dmp, optimizers=run.optimizers, balancer=run.balancer)
         assert resumed.extra == {"next_step": resumed.step}, resumed.extra
         first = resumed.step
+        at_resume = snapshot(run)["tables"]
     for step in range(first, config["steps"]):
         train_step(run, config, step)
         done = step + 1
@@ -222,7 +224,7 @@ def main(argv: list[str]) -> None:
     state = snapshot(run)
     run.sync.close()
     if rank == 0:
-        torch.save({**state, "first_step": first}, argv[1])
+        torch.save({**state, "first_step": first, "tables_at_resume": at_resume}, argv[1])
     dist.barrier()
 
 
