@@ -200,7 +200,8 @@ def shard_model(
     a fused optimizer the tables must get exactly one backward per step.
 
     Returns the ``DistributedModelParallel`` (call it as the model: ``dmp(inputs)``; its
-    ``fused_optimizer`` holds the tables' optimizer state for checkpoints)."""
+    ``fused_optimizer`` holds the tables' optimizer state; checkpoint and resume the run with
+    :mod:`mtlrec.sharded_checkpoint`)."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.types import ShardingEnv
 
@@ -309,7 +310,8 @@ def _copy_into_shards(model: MultiTaskRecModel, full: Mapping[str, Tensor]) -> N
 def full_tables(model: MultiTaskRecModel, group: dist.ProcessGroup | None = None) -> dict:
     """feature -> its whole ``(num_embeddings, dim)`` table on every rank (a collective: the
     shards are summed into zeros by one all-reduce per table). For tests and small tables,
-    not for production sizes (use TorchRec's state_dict / torch.distributed.checkpoint)."""
+    not for production sizes (checkpoints: :mod:`mtlrec.sharded_checkpoint`, each rank's own
+    shards)."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     _world(group)
