@@ -285,7 +285,9 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         _worker(args)
-        return
+        from mtltrain.distributed import end_rank
+
+        end_rank(0)  # skip the interpreter's finalisation (docs/distributed.md)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (the nccl path needs one GPU)")

@@ -72,3 +72,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    distributed.end_rank(0)  # leave the job, skip the finalisation (docs/distributed.md)

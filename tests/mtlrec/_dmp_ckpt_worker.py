@@ -230,11 +230,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    # as mtlbench's ranks end (apps/mtlbench/src/mtlbench/cli.py, _exit_as_rank): leave the
-    # job, then skip the interpreter's finalisation, where CI saw finished ranks abort
+    # leave the job, skip the interpreter's finalisation (where CI saw finished ranks abort)
     from mtltrain import distributed
 
-    distributed.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    distributed.end_rank(0)

@@ -92,3 +92,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    from mtltrain import distributed
+
+    distributed.end_rank(0)  # skip the interpreter's finalisation (docs/distributed.md)

@@ -431,10 +431,7 @@ def _exit_as_rank(code: int) -> None:
     distributed = sys.modules.get("mtltrain.distributed")  # (not imported: not a rank)
     if distributed is None or distributed.env() is None:
         sys.exit(code)
-    distributed.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    distributed.end_rank(code)
 
 
 if __name__ == "__main__":
