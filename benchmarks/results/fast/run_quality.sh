@@ -31,6 +31,6 @@ for bench in "$@"; do
     echo "  = mtlbench run $bench --methods $METHODS --seeds $SEEDS ${EPOCH_ARGS[*]} --stl --quiet --no-tracking --spool $dir/spool --out $dir/out"
     echo "  + mtlbench report $bench --from-spool --spool $dir/spool --out $dir/report"
     echo "git: $(git rev-parse --short HEAD)  date: $(date -u +%FT%TZ)  wall: $(( $(date +%s) - start )) s"
-    echo "machine: $(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), CPU only, no GPU; $OMP_NUM_THREADS torch thread(s) per run; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "machine: $(nproc --all) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), CPU only, no GPU; $OMP_NUM_THREADS torch thread(s) per run; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
   } > "$out/command.txt"
 done
