@@ -417,7 +417,7 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace, worlds: list[int
             t = 3  # click, conversion, dwell
             want = 4 * (_reduced_values(label, v, p, t, args) + q + t + 1)
             got = v["bytes_per_step_rank0"].get("all_reduce", 0.0)
-            checks.append(f"{label}, {w} proc: {got:,.0f} counted, {want:,} from shapes")
+            checks.append(f"{label}, {w} proc: {got:,.0f} counted, {want:,.0f} from shapes")
     if checks:
         lines += [
             "",
