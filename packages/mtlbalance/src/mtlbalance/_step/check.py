@@ -152,6 +152,18 @@ def _verdict(
     raise FloatingPointError(f"{message}; nothing was written to .grad or to the balancer's state")
 
 
+def gate_combined(setup: Setup, step: Step) -> bool:
+    """:func:`gate` after one combined backward: the task-specific gradients and what the
+    shared parameters and the tables get (``step.combined``, its norms)."""
+    return gate(
+        setup,
+        step,
+        task_grads=step.task_grads,
+        combined=step.combined,
+        combined_norms=step.combined_norms,
+    )
+
+
 def gate_tables(setup: Setup, step: Step) -> bool:
     """The tables' gradients are finite (one more device-to-host copy; only with
     ``check_finite`` or a loss scale). True: skip the step (a loss scale was given)."""

@@ -8,7 +8,7 @@ same coefficients instead of running a backward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 
 import torch
 from torch import Tensor
@@ -73,8 +73,9 @@ def combine_sums(rows: list[Grads], factors: Tensor) -> Grads:
     return out
 
 
-def split(grads: Sequence[Tensor | None], groups: Sequence[Sequence[Tensor]]) -> list[Grads]:
-    """A flat list of gradients cut into one list per group of parameters."""
+def split(grads: Sequence[Tensor | None], groups: Sequence[Sized]) -> list[Grads]:
+    """A flat list of gradients cut into one list per group (of parameters, or of the
+    gradients it was flattened from)."""
     out, i = [], 0
     for group in groups:
         out.append(list(grads[i : i + len(group)]))

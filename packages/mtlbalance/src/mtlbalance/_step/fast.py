@@ -45,6 +45,7 @@ accumulate (its norms need the whole batch at z).
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import Tensor
@@ -85,13 +86,7 @@ def run(setup: Setup, step: Step) -> BalanceStats:
         _weigh(setup, step)
     _combined(setup, step, own_backward)
     reduce.combined(setup, step, task_grads=own_backward)
-    if check.gate(
-        setup,
-        step,
-        task_grads=step.task_grads,
-        combined=step.combined,
-        combined_norms=step.combined_norms,
-    ):
+    if check.gate_combined(setup, step):
         if saved is not None:
             setup.aggregator.load_state_dict(saved)
         return stats.skipped(setup, step)
@@ -117,14 +112,7 @@ def _probe_rows(setup: Setup, step: Step) -> None:
     if mode.probe is None:  # first step: the default probe, from the exact rows
         engine.run(setup, step)
         assert step.rows is not None
-        blocks = torch.stack(
-            [
-                torch.linalg.vector_norm(step.rows[:, a:b], dim=1) > 0
-                for a, b in zip(setup.layout.offsets[:-1], setup.layout.offsets[1:], strict=True)
-            ],
-            dim=1,
-        )
-        mode.set_probe(default_probe(setup.layout, blocks))
+        _choose_probe(setup, step.rows)
         step.rows = step.rows.index_select(1, mode.probe_columns)
         step.engine = f"probe (chosen from exact rows: {step.engine})"
     else:
@@ -147,6 +135,19 @@ def _probe_rows(setup: Setup, step: Step) -> None:
         step.engine = f"probe ({slot.label})"
     reduce.run(setup, step)
     step.grad_norms = torch.linalg.vector_norm(step.rows, dim=1, dtype=setup.layout.state_dtype())
+
+
+def _choose_probe(setup: Setup, rows: Tensor) -> None:
+    """The default probe (:func:`~._step.mode.default_probe`) from exact rows (T, P): which
+    shared tensors each task's gradient reaches (a nonzero block)."""
+    reached = torch.stack(
+        [
+            torch.linalg.vector_norm(rows[:, a:b], dim=1) > 0
+            for a, b in itertools.pairwise(setup.layout.offsets)
+        ],
+        dim=1,
+    )
+    setup.mode.set_probe(default_probe(setup.layout, reached))
 
 
 def _representation_rows(setup: Setup, step: Step) -> None:
@@ -296,17 +297,7 @@ def _accumulated(setup: Setup, step: Step) -> BalanceStats:
     assert rows is not None
     if mode.name == "probe":
         if mode.probe is None:
-            assert step.accumulated is not None
-            blocks = torch.stack(
-                [
-                    torch.linalg.vector_norm(rows[:, a:b], dim=1) > 0
-                    for a, b in zip(
-                        setup.layout.offsets[:-1], setup.layout.offsets[1:], strict=True
-                    )
-                ],
-                dim=1,
-            )
-            mode.set_probe(default_probe(setup.layout, blocks))
+            _choose_probe(setup, rows)
         step.rows = rows.index_select(1, mode.probe_columns)
         step.grad_norms = torch.linalg.vector_norm(
             step.rows, dim=1, dtype=setup.layout.state_dtype()

@@ -58,13 +58,7 @@ def _exact(setup: Setup, step: Step) -> BalanceStats:
     else:
         combine.run(setup, step)
         reduce.combined(setup, step)
-        if check.gate(
-            setup,
-            step,
-            task_grads=step.task_grads,
-            combined=step.combined,
-            combined_norms=step.combined_norms,
-        ):
+        if check.gate_combined(setup, step):
             return stats.skipped(setup, step)
     writeback.write(setup, step)
     return stats.build(setup, step)

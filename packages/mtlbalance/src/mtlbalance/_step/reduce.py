@@ -52,6 +52,7 @@ from torch import Tensor
 
 from .._norms import norms
 from ..aggregators.base import gram_matrix
+from . import combine
 from .collective import Collective, ProcessGroupArg
 from .context import Accumulation, Setup, Step
 
@@ -159,11 +160,7 @@ def representation_gram(setup: Setup, step: Step) -> None:
     gram = reduced[0]
     assert gram is not None
     step.rep_gram = gram / world
-    sizes, i, parts = [len(gs) for gs in step.task_grads], 1, []
-    for n in sizes:
-        parts.append(reduced[i : i + n])
-        i += n
-    step.task_grads = parts
+    step.task_grads = combine.split(reduced[1:], step.task_grads)
     step.grad_norms = torch.diagonal(step.rep_gram).clamp_min(0).sqrt()
 
 
@@ -177,12 +174,8 @@ def combined(setup: Setup, step: Step, task_grads: bool = True) -> None:
         return
     shared = step.shared_grads or []
     own = step.task_grads if task_grads else []
-    sizes = [len(shared), *(len(gs) for gs in own), len(step.table_grads)]
     flat = collective.mean([*shared, *(g for gs in own for g in gs), *step.table_grads])
-    parts, i = [], 0
-    for n in sizes:
-        parts.append(flat[i : i + n])
-        i += n
+    parts = combine.split(flat, [shared, *own, step.table_grads])
     if step.shared_grads is not None:
         step.shared_grads = parts[0]
     if task_grads:
