@@ -103,6 +103,10 @@ def _no_gradient_division(sharded: bool) -> Iterator[None]:
         comm_ops.set_gradient_division(before)
 
 
+def _other_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype != torch.float64 else torch.float32
+
+
 class SparseEmbeddings(nn.Module):
     """Sum-pooled embedding tables, one per feature; ``forward(RecInputs) -> (N, Σ dim)``.
 
@@ -288,6 +292,14 @@ class SparseEmbeddings(nn.Module):
         self._pending = pooled
         frontier = self._frontier
         frontier.grad = None
+        if frontier.shape != pooled.shape:
+            # A batch of another size (an epoch's short last batch, an uneven split across
+            # ranks): the leaf's gradient accumulator, kept alive by any graph of an earlier
+            # step the caller still holds, expects the old shape, and a backward would fail
+            # ("CatBackward0 returned an invalid gradient"). Setting .data of another dtype
+            # drops that accumulator (autograd's set_data resets it on a type change; a size
+            # change alone does not), so the next backward makes one of the new shape.
+            frontier.data = torch.empty(0, dtype=_other_dtype(pooled.dtype))
         frontier.data = pooled.detach()
         return frontier
 
