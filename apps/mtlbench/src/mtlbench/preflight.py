@@ -8,6 +8,7 @@ import contextlib
 import difflib
 import fcntl
 import os
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,10 +18,19 @@ import torch
 from torch import nn
 
 import mtlbalance
+from mtltrain.checkpoint import BEST_MODEL, LAST_CHECKPOINT
+from mtltrain.sharded import BEST_SHARDED, LAST_SHARDED
 
 from .spec import Spec
 
-__all__ = ["check_checkpoints", "check_methods", "lock_out_dir", "suggest_method"]
+__all__ = [
+    "check_checkpoints",
+    "check_methods",
+    "delete_checkpoints",
+    "lock_out_dir",
+    "saved_checkpoint",
+    "suggest_method",
+]
 
 STL = "stl"
 
@@ -95,11 +105,32 @@ def _one_step(method: str, tasks: list[str], options: dict[str, Any]) -> None:
         balancer.backward(losses, representation=z)
 
 
-def check_checkpoints(paths: Sequence[Path], *, resume: bool, restart: bool) -> None:
-    """Refuse to start over on top of earlier checkpoints unless told which to do."""
+def saved_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The run's resume checkpoint in ``ckpt_dir``: ``last.pt``, or the folder ``last/`` of a
+    run with sharded tables (any save begun there, complete or not); None when neither."""
+    last = ckpt_dir / LAST_CHECKPOINT
+    if last.is_file():
+        return last
+    folder = ckpt_dir / LAST_SHARDED
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    return None
+
+
+def delete_checkpoints(ckpt_dir: Path) -> None:
+    """``--restart``: the run's checkpoints deleted (every rank may call it at once)."""
+    for name in (LAST_CHECKPOINT, BEST_MODEL):
+        (ckpt_dir / name).unlink(missing_ok=True)
+    for name in (LAST_SHARDED, BEST_SHARDED):
+        shutil.rmtree(ckpt_dir / name, ignore_errors=True)
+
+
+def check_checkpoints(ckpt_dirs: Sequence[Path], *, resume: bool, restart: bool) -> None:
+    """Refuse to start over on top of earlier checkpoints (in the runs' checkpoint folders)
+    unless told which to do."""
     if resume or restart:
         return
-    found = [p for p in paths if p.is_file()]
+    found = [p for p in (saved_checkpoint(d) for d in ckpt_dirs) if p is not None]
     if found:
         listed = ", ".join(str(p) for p in found[:3]) + (" ..." if len(found) > 3 else "")
         raise ValueError(

@@ -37,7 +37,13 @@ from mtltrain.trainer import (
 )
 
 from .launch import NullTracker, is_rank0, quiet_preflight
-from .preflight import check_checkpoints, check_methods, lock_out_dir
+from .preflight import (
+    check_checkpoints,
+    check_methods,
+    delete_checkpoints,
+    lock_out_dir,
+    saved_checkpoint,
+)
 from .publish import DELTA_P_STD, SEEDS, experiment_tags
 from .reference import stl_reference, usable_runs
 from .runs import (
@@ -158,7 +164,7 @@ def run_benchmark(
         planned += [(STL, seed, task) for seed in seeds for task in spec.tasks]
     planned += [(method, seed, None) for seed in seeds for method in methods]
     check_checkpoints(
-        [checkpoint_path(spec, out_dir, *run) / "last.pt" for run in planned],
+        [checkpoint_path(spec, out_dir, *run) for run in planned],
         resume=resume,
         restart=restart,
     )
@@ -370,20 +376,30 @@ def run_one(
     train = spec.train
     run_name = _run_name(method, seed, stl_task)
     ckpt_dir = checkpoint_path(spec, out_dir, method, seed, stl_task)
-    last = ckpt_dir / "last.pt"
     resume_id = None
-    if last.is_file():
-        check_checkpoints([last], resume=resume, restart=restart)
+    last = saved_checkpoint(ckpt_dir)
+    if last is not None:
+        check_checkpoints([ckpt_dir], resume=resume, restart=restart)
         if resume:
-            resume_id = load_checkpoint_info(last)["tracker_run_id"]
+            resume_id = _tracker_run_id(last)
             if resume_id is not None and not (spool_root / resume_id).is_dir():
                 resume_id = None  # the spool went elsewhere: continue training, new tracked run
-        else:
-            for name in ("last.pt", "best_model.pt"):  # --restart: start over, as asked
-                (ckpt_dir / name).unlink(missing_ok=True)
+        else:  # --restart: start over, as asked
+            delete_checkpoints(ckpt_dir)
 
     seed_everything(seed)
-    model = problem.make_model().to(device)
+    model = problem.make_model()
+    sharded = None
+    if problem.shard is None:
+        model = model.to(device)
+    else:  # (shard moves the model: its tables may be on the meta device)
+        if not is_distributed():
+            raise ValueError(
+                f"spec {spec.name!r} has [model] tables = 'sharded': the tables are sharded "
+                f"across the ranks of a distributed run; run it with --nproc N (N >= 2) or "
+                f"under torchrun, or use tables = 'approx' in one process"
+            )
+        sharded = problem.shard(model, device)  # a collective: every rank
     params = problem.balancer_parameters(model)
     options = spec.options_for(method)
     if method == STL:
@@ -393,7 +409,8 @@ def run_one(
     if is_distributed():  # every rank balances the global batch (docs/distributed.md)
         options["process_group"] = "world"
     balancer = mtlbalance.make(method, params.shared, params.tasks, **options)
-    optimizer = _optimizer(spec, [*model.parameters(), *balancer.parameters()])
+    trained = sharded.replicated_parameters() if sharded is not None else model.parameters()
+    optimizer = _optimizer(spec, [*trained, *balancer.parameters()])
     scheduler = _scheduler(spec, optimizer)
     tags = {
         **(provenance or {}),
@@ -464,6 +481,7 @@ def run_one(
             select_tasks=[stl_task] if stl_task is not None else None,
             device=device,
             unpack=problem.unpack,
+            sharded=sharded,
         )
         start = time.time()
         eval_bs = train.eval_batch_size or train.batch_size
@@ -478,6 +496,20 @@ def run_one(
         return _record(
             tracker.run_id, method, seed, stl_task, result, int(start * 1000), tracker.parent
         )
+
+
+def _tracker_run_id(last: Path) -> str | None:
+    """The tracked run a checkpoint belongs to (``last.pt``, or a sharded run's ``last/``:
+    rank 0's saved values, read by mtlrec without a model)."""
+    if last.is_file():
+        run_id = load_checkpoint_info(last)["tracker_run_id"]
+    else:
+        from mtlrec.sharded_checkpoint import has_sharded_checkpoint, saved_extra
+
+        if not has_sharded_checkpoint(last):
+            return None  # a save that never finished: the run starts over
+        run_id = saved_extra(last).get("tracker_run_id")
+    return None if run_id is None else str(run_id)
 
 
 def _run_note(spec: Spec, method: str, seed: int, stl_task: str | None) -> str:

@@ -5,8 +5,20 @@ Each builder takes a spec's ``[data]`` and ``[model]`` options and returns a
 spec alone (see :mod:`mtlrec.table`); the others build one data set each. ``[model]``
 options: ``arch`` (``shared_bottom``, ``omoe``, ``mmoe``, ``cgc``, ``ple``, ``esmm``,
 ``aitm``), ``embedding_dim``, ``tables`` (``"approx"``: embedding tables balanced by DB-MTL's
-per-task factors, one backward; ``"exact"``: tables in the per-task gradient matrix), and
-anything the architecture's constructor takes (``num_experts``, ``expert``, ``tower``, ...).
+per-task factors, one backward; ``"exact"``: tables in the per-task gradient matrix;
+``"sharded"``: as approx, the tables sharded across the ranks of ``mtlbench run --nproc N``
+by TorchRec and updated by a fused optimizer, see below), and anything the architecture's
+constructor takes (``num_experts``, ``expert``, ``tower``, ...).
+
+With ``tables = "sharded"`` (docs/distributed.md, "mtlbench and the Trainer with sharded
+tables"): ``sharding`` (table or feature -> ``table_wise``, ``column_wise``,
+``data_parallel``, ...; the rest is TorchRec's planner's choice), ``table_optimizer`` (a fused
+optimizer: ``exact_sgd``, ``exact_adagrad`` (default), ``exact_row_wise_adagrad``, ``adam``)
+``table_lr`` (default 0.01) and ``table_init``: ``"whole"`` (default; every rank draws the
+whole tables from the seed, then keeps its shards — the unsharded run's start, the tables in
+one rank's memory at build) or ``"shards"`` (each shard drawn on its rank by TorchRec: no
+whole table in memory, other values than an unsharded run's). The spec's ``[train]``
+optimizer steps the dense layers.
 
 Regression targets are standardised with the training split's mean and std by default
 (``standardize = false`` turns it off): the model learns ``(y - μ) / σ`` and MAE / MSE (and
@@ -31,12 +43,13 @@ from .data import (
     synthetic_log_spec,
 )
 from .metrics import make_task
-from .models import make_model
+from .models import make_model, meta_tables
 from .table import parse_table_data
 
 __all__ = ["census_income_problem", "mmoe_synthetic_problem", "synthetic_log_problem", "table"]
 
 _MODEL_KEYS = ("arch", "embedding_dim", "tables")
+_SHARDED_KEYS = ("sharding", "table_optimizer", "table_lr", "table_init")
 
 
 def _options(given: Mapping[str, Any], defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -57,8 +70,12 @@ def _problem(
     arch = str(options.pop("arch", "mmoe"))
     dim = int(options.pop("embedding_dim", 8))
     tables = str(options.pop("tables", "approx"))
-    if tables not in ("approx", "exact"):
-        raise ValueError(f"[model] tables must be 'approx' or 'exact', not {tables!r}")
+    if tables not in ("approx", "exact", "sharded"):
+        raise ValueError(f"[model] tables must be 'approx', 'exact' or 'sharded', not {tables!r}")
+    on_shards = options.get("table_init") == "shards"
+    shard = _sharded_options(options, tables)
+    if shard is not None:
+        options["backend"] = "torchrec"
     features = {name: (rows, dim) for name, rows in fitted.cardinalities.items()}
     kinds = dict(fitted.task_kinds)
     dense_dim = len(fitted.dense_names)
@@ -68,6 +85,9 @@ def _problem(
         options["num_classes"] = classes
 
     def build() -> Any:
+        if on_shards:  # the tables on the meta device: DMP draws each rank's shards
+            with meta_tables():
+                return make_model(arch, features, kinds, dense_dim=dense_dim, **options)
         return make_model(arch, features, kinds, dense_dim=dense_dim, **options)
 
     build()  # fail now, not in the first run, on a bad option
@@ -99,7 +119,55 @@ def _problem(
         loader=make_loader,
         info=info,
         balance_tables=tables,
+        shard=shard,
     )
+
+
+def _sharded_options(options: dict[str, Any], tables: str) -> Any:
+    """Pop the ``[model]`` options of sharded tables; the ``(model, device) -> ShardedRun``
+    that shards a model with them (None unless ``tables = "sharded"``)."""
+    given = {k: options.pop(k) for k in _SHARDED_KEYS if k in options}
+    if tables != "sharded":
+        if given:
+            raise ValueError(
+                f"[model] {sorted(given)} apply to sharded tables only: set tables = "
+                f"'sharded' (and run with --nproc N), or remove them"
+            )
+        return None
+    from .distributed import FUSED_OPTIMIZERS, SHARDING_TYPES
+
+    sharding = given.get("sharding", {})
+    if not isinstance(sharding, Mapping) or not all(
+        isinstance(v, str) and v in SHARDING_TYPES for v in sharding.values()
+    ):
+        raise ValueError(
+            f"[model] sharding must map tables or features to one of {list(SHARDING_TYPES)}, "
+            f'not {sharding!r} (e.g. sharding = {{ user_id = "table_wise" }})'
+        )
+    optimizer = given.get("table_optimizer", "exact_adagrad")
+    if optimizer not in FUSED_OPTIMIZERS:
+        raise ValueError(
+            f"[model] table_optimizer = {optimizer!r} is not a fused optimizer; use one of "
+            f"{list(FUSED_OPTIMIZERS)}"
+        )
+    lr = given.get("table_lr", 0.01)
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+        raise ValueError(f"[model] table_lr must be a positive number, not {lr!r}")
+    if given.get("table_init", "whole") not in ("whole", "shards"):
+        raise ValueError(
+            f"[model] table_init must be 'whole' (every rank draws the whole tables, then keeps "
+            f"its shards) or 'shards' (each rank draws only its shards), not "
+            f"{given['table_init']!r}"
+        )
+
+    def shard(model: Any, device: Any) -> Any:
+        from .sharded_run import shard_run
+
+        return shard_run(
+            model, sharding=dict(sharding) or None, optimizer=optimizer, lr=lr, device=device
+        )
+
+    return shard
 
 
 def census_income_problem(*, data: Mapping[str, Any], model: Mapping[str, Any]) -> Problem:

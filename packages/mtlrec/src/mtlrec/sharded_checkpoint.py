@@ -68,6 +68,7 @@ __all__ = [
     "load_sharded",
     "plan_summary",
     "save_sharded",
+    "saved_extra",
     "saved_plan",
 ]
 
@@ -480,6 +481,29 @@ def save_sharded(
 def has_sharded_checkpoint(directory: str | Path) -> bool:
     """Whether ``directory`` holds a complete sharded checkpoint (its manifest)."""
     return (Path(directory) / MANIFEST).is_file()
+
+
+def saved_extra(directory: str | Path, rank: int = 0) -> dict[str, Any]:
+    """The ``extra`` values rank ``rank`` saved into the checkpoint in ``directory``, read
+    without a model or a process group (e.g. to find the tracked run to reopen before
+    resuming). The file is checked against the manifest's SHA-256 and read as data only."""
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    world = int(manifest["world"])
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not a rank of {directory}'s {world}-process save")
+    path = directory / manifest["save"] / _rank_file(rank, world)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint in {directory} is incomplete")
+    if _digest(path) != manifest["files"].get(path.name):
+        raise CheckpointError(
+            f"{path} is not the file the manifest {directory / MANIFEST} records (another "
+            "SHA-256): it was replaced or copied from another checkpoint"
+        )
+    state = load_file(path)
+    if not isinstance(state, dict) or state.get("kind") != _KIND:
+        raise CheckpointError(f"{path} is not a rank file of an mtlrec sharded checkpoint")
+    return dict(state["extra"])
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:

@@ -37,6 +37,7 @@ __all__ = [
     "DistEnv",
     "RankFailed",
     "broadcast_module",
+    "broadcast_tensors",
     "end_rank",
     "env",
     "fail_cleanly",
@@ -281,9 +282,15 @@ def local_device(device: str | torch.device) -> torch.device:
 @torch.no_grad()
 def broadcast_module(module: nn.Module, src: int = 0) -> None:
     """Every rank takes rank ``src``'s parameters and buffers (no-op without a job)."""
+    broadcast_tensors([*module.parameters(), *module.buffers()], src=src)
+
+
+@torch.no_grad()
+def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
+    """Every rank takes rank ``src``'s values of ``tensors`` (in place; no-op without a job)."""
     if not is_distributed():
         return
-    for tensor in [*module.parameters(), *module.buffers()]:
+    for tensor in tensors:
         if tensor.is_sparse:
             continue
         if tensor.is_contiguous():

@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
+from .sharded import ShardedModel
 from .task import Task
 from .trainer import Unpack
 
@@ -75,7 +77,11 @@ class Problem:
             matrix; ``"approx"`` — a model with ``embedding_parameters()`` and
             ``dense_shared_parameters()`` has its tables balanced approximately
             (``Balancer(tables=...)``: one backward of Σ_t c_t ℓ̃_t with the dense part's
-            per-task factors c_t).
+            per-task factors c_t); ``"sharded"`` — as ``"approx"``, the tables sharded across
+            the ranks of a distributed run by ``shard`` (the balancer gets the model's
+            ``table_frontier()`` as its tables).
+        shard: ``(model, device) -> ShardedModel`` for ``balance_tables="sharded"`` (a
+            collective: every rank, after the process group is up).
     """
 
     tasks: list[Task]
@@ -87,12 +93,16 @@ class Problem:
     unpack: Unpack | None = None
     info: dict[str, Any] = field(default_factory=dict)
     balance_tables: str = "exact"
+    shard: Callable[[nn.Module, torch.device], ShardedModel] | None = None
 
     def __post_init__(self) -> None:
-        if self.balance_tables not in ("exact", "approx"):
+        if self.balance_tables not in ("exact", "approx", "sharded"):
             raise ValueError(
-                f"balance_tables must be 'exact' or 'approx', not {self.balance_tables!r}"
+                f"balance_tables must be 'exact', 'approx' or 'sharded', not "
+                f"{self.balance_tables!r}"
             )
+        if (self.balance_tables == "sharded") != (self.shard is not None):
+            raise ValueError("shard= is given exactly when balance_tables='sharded'")
 
     def balancer_parameters(self, model: nn.Module) -> BalancerParameters:
         """How ``model``'s parameters split for the balancer under ``balance_tables``."""
@@ -108,6 +118,16 @@ class Problem:
                 f"approximate table balancing needs a model with embedding_parameters() and "
                 f"dense_shared_parameters() (mtltrain.problem.TableModel); "
                 f"{type(model).__name__} has not"
+            )
+        if self.balance_tables == "sharded":
+            frontier = getattr(model, "table_frontier", None)
+            if frontier is None:
+                raise TypeError(
+                    f"sharded tables need a model with table_frontier() (mtlrec's models); "
+                    f"{type(model).__name__} has not"
+                )
+            return BalancerParameters(
+                model.dense_shared_parameters(), model.task_parameters(), tables=[frontier()]
             )
         return BalancerParameters(
             model.dense_shared_parameters(),

@@ -53,6 +53,7 @@ from .precision import Precision
 from .progress import Progress, RunningLoss, rank
 from .results import EpochResult, FitResult, final_metrics, results_markdown
 from .selection import Selection
+from .sharded import BEST_SHARDED, LAST_SHARDED, ShardedModel, gather_slices
 from .task import Task
 
 __all__ = [
@@ -104,6 +105,11 @@ class Trainer:
         unpack: ``batch -> (inputs, {task: target})``; default accepts ``(inputs, targets)``
             pairs and ``{"inputs": ..., "targets": ...}`` dicts.
         callbacks: called as ``callback(trainer, step)`` after every optimizer step.
+        sharded: the model's sharded part (:class:`~mtltrain.sharded.ShardedModel`, e.g.
+            :class:`mtlrec.sharded_run.ShardedRun` for TorchRec tables): its one backward after
+            the balancer's, evaluation on every rank, per-rank checkpoints (folders ``last/``
+            and ``best_model/``). Needs a data-parallel balancer (``process_group=``),
+            ``accumulate = 1`` and no fp16 loss scaling.
     """
 
     def __init__(
@@ -122,8 +128,10 @@ class Trainer:
         device: torch.device | str | None = None,
         unpack: Unpack | None = None,
         callbacks: Iterable[Callable[[Trainer, int], None]] = (),
+        sharded: ShardedModel | None = None,
     ) -> None:
         self.model = model
+        self.sharded = sharded
         self.tasks = {t.name: t for t in tasks}
         if len(self.tasks) != len(tasks):
             raise ValueError(f"task names must be unique: {[t.name for t in tasks]}")
@@ -151,6 +159,8 @@ class Trainer:
         self.unpack = unpack or _default_unpack
         self.callbacks = list(callbacks)
         self._check_optimizer()
+        if sharded is not None:
+            self._check_sharded()
         self._plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self._needs_after_step = bool(balancer.needs_after_step)
         # run state (all of it goes into the checkpoint)
@@ -207,7 +217,10 @@ class Trainer:
         if not resumed:
             seed_everything(cfg.seed)
         if self._data_parallel:  # every rank starts from rank 0's model
-            distributed.broadcast_module(self.model)
+            if self.sharded is not None:  # (each rank holds its own shards)
+                distributed.broadcast_tensors(self.sharded.replicated_parameters())
+            else:
+                distributed.broadcast_module(self.model)
         with _deterministic(cfg.deterministic), distributed.fail_cleanly():
             if not resumed and self.tracker is not None:
                 self.tracker.log_params({"trainer": asdict(cfg)})
@@ -256,7 +269,7 @@ class Trainer:
             for batch in self.progress.bar(loader, desc):
                 inputs, targets = self._unpack(batch)
                 with self.precision.autocast():
-                    _, preds = self._forward(inputs)
+                    preds = self._eval_forward(inputs, targets)
                 for name, task in self.tasks.items():
                     pred, target = preds[name], targets[name]
                     loss = task.loss(pred.float(), target).detach().double()
@@ -284,11 +297,17 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs, including RNG states."""
         return {
-            "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "balancer": self.balancer.state_dict(),
+            **self._bookkeeping(),
+        }
+
+    def _bookkeeping(self) -> dict[str, Any]:
+        """The run's state beside the model, optimizer and balancer (plain values)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "epoch": self.epoch,
             "batches_done": self.batches_done,
             "step": self.step,
@@ -305,18 +324,18 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}: it was "
-                f"written by another mtltrain version"
-            )
+        _check_format(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.balancer.load_state_dict(state["balancer"])
+        self._load_bookkeeping(state)
+
+    def _load_bookkeeping(self, state: Mapping[str, Any]) -> None:
+        _check_format(state)
         if (state["scheduler"] is None) != (self.scheduler is None):
             raise ValueError("the checkpoint and this trainer disagree on having a scheduler")
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.balancer.load_state_dict(state["balancer"])
         self.epoch = int(state["epoch"])
         self.batches_done = int(state["batches_done"])
         self.step = int(state["step"])
@@ -344,22 +363,37 @@ class Trainer:
             )
 
     def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Write :meth:`state_dict` atomically (``checkpoint_dir/last.pt`` by default)."""
+        """Write :meth:`state_dict` atomically (``checkpoint_dir/last.pt`` by default). With
+        a sharded model: every rank writes its part into the folder ``path`` (default
+        ``checkpoint_dir/last``), a collective."""
         if path is None:
             if self.config.checkpoint_dir is None:
                 raise ValueError("no path given and config.checkpoint_dir is None")
-            path = Path(self.config.checkpoint_dir) / LAST_CHECKPOINT
+            name = LAST_CHECKPOINT if self.sharded is None else LAST_SHARDED
+            path = Path(self.config.checkpoint_dir) / name
         path = Path(path)
         if self.tracker is not None:
             # everything logged so far reaches the spool first: a kill after the checkpoint
             # loses no logged point (the resumed run continues after it)
             self.tracker.flush()
-        if rank() == 0:
+        if self.sharded is not None:
+            self.sharded.save(
+                path,
+                step=self.step,
+                optimizer=self.optimizer,
+                balancer=self.balancer,
+                extra=self._bookkeeping(),
+            )
+        elif rank() == 0:
             atomic_save(self.state_dict(), path)
         return path
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        self.load_state_dict(load_trainer_state(path))
+        if self.sharded is not None:
+            extra = self.sharded.load(Path(path), optimizer=self.optimizer, balancer=self.balancer)
+            self._load_bookkeeping(extra)
+        else:
+            self.load_state_dict(load_trainer_state(path))
 
     # ------------------------------------------------------------------------------ internals
     def _train_epoch(self, train: Iterable[Batch], val: Any, test: Any) -> None:
@@ -414,6 +448,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             if cfg.accumulate == 1:
                 stats = self.balancer.backward(losses, representation=rep, **scale_kw())
+                if self.sharded is not None:  # the one backward into the sharded part
+                    self.sharded.backward_sharded(bool(getattr(stats, "skipped", False)))
                 self._after_backward(stats, inputs, targets)
             else:
                 self.balancer.accumulate(losses, representation=rep, **scale_kw())
@@ -478,7 +514,15 @@ class Trainer:
             assert record.val_delta_p is not None
             logged.update(_flat("val", record.val, val_losses))
             logged["val/delta_p"] = record.val_delta_p
-            if improved and cfg.checkpoint_dir is not None and rank() == 0:
+            if improved and cfg.checkpoint_dir is not None and self.sharded is not None:
+                self.sharded.save(
+                    Path(cfg.checkpoint_dir) / BEST_SHARDED,
+                    step=self.step,
+                    optimizer=None,
+                    balancer=None,
+                    extra={"epoch": record.epoch},
+                )
+            elif improved and cfg.checkpoint_dir is not None and rank() == 0:
                 atomic_save(self.model.state_dict(), Path(cfg.checkpoint_dir) / BEST_MODEL)
             if self._plateau:
                 self.scheduler.step(record.val_delta_p)
@@ -518,8 +562,8 @@ class Trainer:
     def _evaluate_on_rank0(self, loader: Any, desc: str) -> tuple[Metrics, dict[str, float]]:
         """:meth:`evaluate`, on rank 0 only in a data-parallel run (the others take its
         numbers: model selection, early stopping and the LR schedule must agree)."""
-        if not self._data_parallel:
-            return self.evaluate(loader, desc=desc)
+        if not self._data_parallel or self.sharded is not None:
+            return self.evaluate(loader, desc=desc)  # (sharded: every rank, the same numbers)
         result: list[Any] = [self.evaluate(loader, desc=desc) if rank() == 0 else None]
         torch.distributed.broadcast_object_list(result, src=0)
         return result[0]
@@ -536,6 +580,16 @@ class Trainer:
         from .plots import log_training_plots
 
         log_training_plots(tracker, tuple(self.tasks))
+
+    def _eval_forward(self, inputs: Any, targets: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """The predictions for an evaluation batch; with a sharded model each rank forwards
+        its slice (the lookup is a collective) and every rank gets the whole batch's."""
+        if self.sharded is None:
+            return self._forward(inputs)[1]
+        mine, _, _ = distributed.split_batch(inputs, targets)
+        _, preds = self._forward(mine)
+        total = int(next(iter(targets.values())).shape[0])
+        return gather_slices({t: preds[t] for t in self.tasks}, total)
 
     def _forward(self, inputs: Any) -> tuple[Any, Mapping[str, Tensor]]:
         out = self.model(inputs)
@@ -573,9 +627,17 @@ class Trainer:
         if resume is True:
             if self.config.checkpoint_dir is None:
                 raise ValueError("resume=True needs config.checkpoint_dir (or give a path)")
+            if self.sharded is not None:
+                folder = Path(self.config.checkpoint_dir) / LAST_SHARDED
+                return folder if self.sharded.has_checkpoint(folder) else None
             path = Path(self.config.checkpoint_dir) / LAST_CHECKPOINT
             return path if path.is_file() else None
         path = Path(resume)  # type: ignore[arg-type]
+        if self.sharded is not None:
+            for folder in (path, path / LAST_SHARDED):
+                if self.sharded.has_checkpoint(folder):
+                    return folder
+            raise FileNotFoundError(f"no sharded checkpoint in {path} or {path / LAST_SHARDED}")
         if path.is_dir():
             path = path / LAST_CHECKPOINT
         if not path.is_file():
@@ -590,12 +652,45 @@ class Trainer:
                 f"the optimizer does not hold the balancer's {len(missing)} learnable "
                 f"parameter(s) (e.g. UW's log-variances): add balancer.parameters() to it"
             )
-        model_params = [p for p in self.model.parameters() if p.requires_grad]
+        model_params: list[Tensor] = [p for p in self.model.parameters() if p.requires_grad]
+        if self.sharded is not None:
+            model_params = self.sharded.replicated_parameters()
         if not any(id(p) in in_opt for p in model_params):
             raise ValueError("the optimizer holds none of the model's parameters")
 
+    def _check_sharded(self) -> None:
+        cfg = self.config
+        problems = []
+        if not self._data_parallel:
+            problems.append(
+                "a torch.distributed job whose Balancer averages across the ranks "
+                "(process_group='world')"
+            )
+        if cfg.accumulate != 1:
+            problems.append(
+                f"accumulate = 1 (not {cfg.accumulate}: each forward's lookup needs "
+                "its backward before the next forward)"
+            )
+        if cfg.precision == "fp16":
+            problems.append(
+                "no fp16 loss scaling (a skipped fp16 step would come after the "
+                "tables' fused update); use fp32 or bf16"
+            )
+        if cfg.data_parallel != "split_batch":
+            problems.append("data_parallel = 'split_batch' (each rank its slice of every batch)")
+        if problems:
+            raise ValueError("a sharded model needs " + "; ".join(problems))
+
 
 # ---------------------------------------------------------------------------------- helpers
+def _check_format(state: Mapping[str, Any]) -> None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}: it was "
+            f"written by another mtltrain version"
+        )
+
+
 def _default_unpack(batch: Batch) -> tuple[Any, Mapping[str, Tensor]]:
     if isinstance(batch, Mapping) and "inputs" in batch and "targets" in batch:
         return batch["inputs"], batch["targets"]
