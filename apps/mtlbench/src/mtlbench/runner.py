@@ -468,6 +468,7 @@ def run_one(
             optimizer,
             config=dataclasses.replace(
                 train.trainer,
+                data_parallel=problem.data_parallel,
                 checkpoint_dir=str(ckpt_dir),
                 seed=seed,
                 progress=progress,

@@ -44,7 +44,7 @@ from .data import (
 )
 from .metrics import make_task
 from .models import make_model, meta_tables
-from .table import parse_table_data
+from .table import StreamedSplit, parse_table_data
 
 __all__ = ["census_income_problem", "mmoe_synthetic_problem", "synthetic_log_problem", "table"]
 
@@ -79,7 +79,8 @@ def _problem(
     features = {name: (rows, dim) for name, rows in fitted.cardinalities.items()}
     kinds = dict(fitted.task_kinds)
     dense_dim = len(fitted.dense_names)
-    train, val, test = (fitted.transform(s) for s in splits)
+    train, val, test = (s if isinstance(s, StreamedSplit) else fitted.transform(s) for s in splits)
+    streamed = isinstance(train, StreamedSplit)
     classes = fitted.num_classes
     if classes:  # only then: ESMM takes no num_classes
         options["num_classes"] = classes
@@ -116,11 +117,44 @@ def _problem(
         val=val,
         test=test,
         make_model=build,
-        loader=make_loader,
+        loader=_streaming_loader(fitted) if streamed else make_loader,
         info=info,
         balance_tables=tables,
         shard=shard,
+        data_parallel="sharded_loader" if streamed else "split_batch",
     )
+
+
+def _streaming_loader(fitted: FittedFeatures) -> Any:
+    """``Problem.loader`` of a spec with a streamed training split: this rank's share of the
+    training files' row groups, ``batch_size / W`` rows a batch (the spec's batch size is the
+    global batch); the evaluation splits, in memory, as usual."""
+
+    def loader(split: Any, batch_size: int, shuffle: bool) -> Any:
+        if not isinstance(split, StreamedSplit):
+            return make_loader(split, batch_size, shuffle)
+        import torch.distributed as dist
+
+        from .data import ShardedParquetLoader
+
+        rank, world = 0, 1
+        if dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        if batch_size % world:
+            raise ValueError(
+                f"[train] batch_size = {batch_size} is the global batch of a streamed split: it "
+                f"must divide into {world} equal shares (one a rank); use a multiple of {world}"
+            )
+        return ShardedParquetLoader(
+            list(split.paths),
+            fitted,
+            batch_size // world,
+            rank=rank,
+            world=world,
+            shuffle=shuffle and split.shuffle,
+        )
+
+    return loader
 
 
 def _sharded_options(options: dict[str, Any], tables: str) -> Any:
@@ -244,7 +278,7 @@ def table(*, data: Mapping[str, Any], model: Mapping[str, Any]) -> Problem:
     ``mtlbench init-spec FILE`` drafts it."""
     parsed = parse_table_data(data)
     train, val, test, info = parsed.splits()
-    fitted = parsed.spec.fit(train)
+    fitted = parsed.spec.fit(parsed.fit_frame(train))
     return _problem(fitted, (train, val, test), model, parsed.metrics, info)
 
 

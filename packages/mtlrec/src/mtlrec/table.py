@@ -27,6 +27,14 @@ one. The ``[data]`` table::
     hours = {task = "hours", kind = "regression"}        # standardize = true by default
     relationship = {task = "relationship", kind = "multiclass"}
 
+Streaming (``stream = true``): the training data is never loaded whole. ``train`` names
+Parquet files (a path, a glob such as ``"log/part-*.parquet"``, or a list of them), and
+``val`` and ``test`` files are given (they are read into memory); the features are fitted on
+a lazy scan of the training files, and under ``mtlbench run --nproc N`` each rank streams its
+share of their row groups (:class:`~mtlrec.data.ShardedParquetLoader`: rank r reads groups r,
+r + N, …; the spec's ``batch_size`` is the global batch, ``batch_size / N`` rows a rank).
+``shuffle = false`` reads in file order (default: shuffled within a window of batches).
+
 Relative paths are read from the current directory. Every column of every file must have a
 role: a column the spec does not mention is an error naming it (nothing is dropped silently).
 Feature options are those of :class:`~mtlrec.data.DenseFeature` (``norm``, ``nulls``,
@@ -39,6 +47,7 @@ regression, ``["accuracy"]`` multiclass; the spec's ``[tasks.<task>]`` must list
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -60,7 +69,7 @@ from .data import (
 from .data._diagnose import reading
 from .data.errors import ORIGIN_COLUMNS
 
-__all__ = ["DEFAULT_METRICS", "FEATURE_KINDS", "TableData", "parse_table_data"]
+__all__ = ["DEFAULT_METRICS", "FEATURE_KINDS", "StreamedSplit", "TableData", "parse_table_data"]
 
 FEATURE_KINDS = ("dense", "sparse", "multi_hot")
 DEFAULT_METRICS = {"binary": ["auc"], "regression": ["mae"], "multiclass": ["accuracy"]}
@@ -74,8 +83,17 @@ _FEATURE_CLASSES: dict[str, type] = {
 _TASK_KEYS = ("task", "kind", "positive", "negative", "standardize", "classes", "metrics")
 _DATA_KEYS = (
     "path", "train", "val", "test", "split", "split_seed", "val_fraction", "separator",
-    "header", "names", "nulls", "trim", "quote", "columns",
+    "header", "names", "nulls", "trim", "quote", "columns", "stream", "shuffle",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StreamedSplit:
+    """A split read as a stream: Parquet files, in order (``stream = true``)."""
+
+    paths: tuple[str, ...]
+    rows: int
+    shuffle: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,7 @@ class TableData:
     spec: FeatureSpec
     ignore: tuple[str, ...]
     metrics: dict[str, list[str]]  # task -> metric names
+    stream: StreamedSplit | None = None  # the training files, streamed (stream = true)
 
     @property
     def columns(self) -> list[str]:
@@ -123,10 +142,14 @@ class TableData:
     def splits(self) -> tuple[Any, Any, Any, dict[str, Any]]:
         """``(train, val, test, info)``: frames of the three splits and what to log."""
         info: dict[str, Any] = {}
-        train: pl.DataFrame | pl.LazyFrame
+        train: pl.DataFrame | pl.LazyFrame | StreamedSplit
         val: pl.DataFrame | pl.LazyFrame
         test: pl.DataFrame | pl.LazyFrame
-        if "path" in self.files:
+        if self.stream is not None:
+            val, test = self.scan(self.files["val"]), self.scan(self.files["test"])
+            train = self.stream
+            info.update(source=",".join(self.stream.paths), stream=True)
+        elif "path" in self.files:
             path = self.files["path"]
             lf = self.scan(path)
             with reading(lf):
@@ -147,7 +170,10 @@ class TableData:
             info["source"] = ",".join(self.files.values())
         sizes = []
         for name, part in (("train", train), ("val", val), ("test", test)):
-            n = part.height if isinstance(part, pl.DataFrame) else _height(part)
+            if isinstance(part, StreamedSplit):
+                n = part.rows
+            else:
+                n = part.height if isinstance(part, pl.DataFrame) else _height(part)
             if n == 0:
                 raise ValueError(
                     f"[data]: the {name} split has no rows; give the file(s) more rows or "
@@ -156,6 +182,14 @@ class TableData:
             sizes.append(n)
         info.update(split_seed=self.split_seed, split_rows=sizes)
         return train, val, test, info
+
+    def fit_frame(self, train: Any) -> pl.LazyFrame | pl.DataFrame:
+        """What the features are fitted on: the training split, or a lazy scan of every
+        streamed training file (value counts and statistics only; nothing is collected)."""
+        if isinstance(train, StreamedSplit):
+            scans = [self.scan(p) for p in train.paths]
+            return pl.concat(scans, how="vertical") if len(scans) > 1 else scans[0]
+        return train
 
 
 def _height(lf: pl.LazyFrame) -> int:
@@ -168,7 +202,14 @@ def parse_table_data(data: Mapping[str, Any]) -> TableData:
     unknown = sorted(set(data) - set(_DATA_KEYS))
     if unknown:
         raise ValueError(f"[data]: unknown keys {unknown}; known: {sorted(_DATA_KEYS)}")
-    files = {k: _str(data, k) for k in ("path", "train", "val", "test") if k in data}
+    stream = _stream(data)
+    files = {
+        k: _str(data, k)
+        for k in ("path", "train", "val", "test")
+        if k in data and not (k == "train" and stream is not None)
+    }
+    if stream is not None:
+        files["train"] = stream.paths[0]
     if "path" in files and len(files) > 1:
         raise ValueError("[data]: give either path (one file, split) or train/val/test files")
     if "path" not in files and not {"train", "test"} <= set(files):
@@ -240,7 +281,52 @@ def parse_table_data(data: Mapping[str, Any]) -> TableData:
         spec=spec,
         ignore=ignore,
         metrics=metrics,
+        stream=stream,
     )
+
+
+def _stream(data: Mapping[str, Any]) -> StreamedSplit | None:
+    """``stream = true``: the training Parquet files (a path, a glob or a list), checked."""
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ValueError(f"[data] stream must be true or false, not {stream!r}")
+    shuffle = data.get("shuffle", True)
+    if not isinstance(shuffle, bool):
+        raise ValueError(f"[data] shuffle must be true or false, not {shuffle!r}")
+    if not stream:
+        if "shuffle" in data:
+            raise ValueError("[data] shuffle is for stream = true (in memory, batches shuffle)")
+        return None
+    missing = [k for k in ("train", "val", "test") if k not in data]
+    if missing or "path" in data or "val_fraction" in data:
+        raise ValueError(
+            "[data] stream = true needs train (Parquet files: a path, a glob or a list), val "
+            f"and test files, and no path or val_fraction (missing: {missing or 'none'})"
+        )
+    raw = data["train"]
+    patterns = [raw] if isinstance(raw, str) else raw
+    if not (isinstance(patterns, list) and patterns and all(isinstance(x, str) for x in patterns)):
+        raise ValueError(
+            f"[data] train must be a Parquet file, a glob or a list of them, not {raw!r}"
+        )
+    paths: list[str] = []
+    for pattern in patterns:
+        expanded = Path(pattern).expanduser()
+        found = (
+            sorted(q for q in glob.glob(str(expanded)) if Path(q).is_file())
+            if glob.has_magic(pattern)
+            else ([str(expanded)] if expanded.is_file() else [])
+        )
+        if not found:
+            raise FileNotFoundError(
+                f"[data] train: {pattern!r} names no file (relative paths are read from the "
+                f"current directory, {Path.cwd()})"
+            )
+        paths += found
+    from .data.stream import parquet_row_groups
+
+    groups = parquet_row_groups(paths)
+    return StreamedSplit(tuple(paths), sum(g.rows for g in groups), shuffle)
 
 
 def _columns(raw: Any) -> tuple[FeatureSpec, tuple[str, ...], dict[str, list[str]]]:

@@ -82,6 +82,10 @@ class Problem:
             ``table_frontier()`` as its tables).
         shard: ``(model, device) -> ShardedModel`` for ``balance_tables="sharded"`` (a
             collective: every rank, after the process group is up).
+        data_parallel: how a distributed run's ranks get their training rows
+            (:attr:`TrainerConfig.data_parallel`): ``"split_batch"`` (every rank reads every
+            batch and takes its slice) or ``"sharded_loader"`` (``loader`` already yields this
+            rank's rows, e.g. a streamed split each rank reads its share of).
     """
 
     tasks: list[Task]
@@ -94,6 +98,7 @@ class Problem:
     info: dict[str, Any] = field(default_factory=dict)
     balance_tables: str = "exact"
     shard: Callable[[nn.Module, torch.device], ShardedModel] | None = None
+    data_parallel: str = "split_batch"
 
     def __post_init__(self) -> None:
         if self.balance_tables not in ("exact", "approx", "sharded"):

@@ -676,8 +676,6 @@ class Trainer:
                 "no fp16 loss scaling (a skipped fp16 step would come after the "
                 "tables' fused update); use fp32 or bf16"
             )
-        if cfg.data_parallel != "split_batch":
-            problems.append("data_parallel = 'split_batch' (each rank its slice of every batch)")
         if problems:
             raise ValueError("a sharded model needs " + "; ".join(problems))
 
