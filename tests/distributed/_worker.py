@@ -4,7 +4,13 @@
 
 METHODS: comma-separated method names, trained one after the other in the same job; a
 suffix ``@tables`` / ``@sparse`` adds an embedding table balanced with ``tables=``; a suffix
-``~MODE`` builds the method with ``mode=MODE`` (a fast mode of a Gram weighting). The probe
+``@frontier`` reads the table through a per-rank leaf (``mtlbalance.per_rank``: the pooled
+rows of this rank's samples, as mtlrec's table frontier) given as ``tables=``, whose gradient
+is then back-propagated into the table by hand and summed across ranks (what TorchRec's
+sharded lookup does); ``@frontierclip`` adds ``max_update_norm``; ``@frontiernan`` makes
+rank 1's frontier gradient NaN on step 1 (a loss scale of 1: the step must be skipped on
+every rank); a suffix ``~MODE`` builds the method with ``mode=MODE`` (a fast mode of a Gram
+weighting). The probe
 mode (``dbmtl_probe``) probes the encoder's bias only, a strict subset of the shared
 parameters.
 
@@ -45,11 +51,22 @@ class Net(nn.Module):
         self.emb = nn.Embedding(10, 2, sparse=variant == "sparse") if variant else None
         self.encoder = nn.Sequential(nn.Linear(4 + (2 if variant else 0), 6), nn.Tanh())
         self.heads = nn.ModuleDict({t: nn.Linear(6, 1) for t in TASKS})
+        # the split backward at the lookup output (mtlrec's table frontier, by hand)
+        self.frontier: torch.Tensor | None = None
+        self.pending: torch.Tensor | None = None
+        if variant.startswith("frontier"):
+            self.frontier = mtlbalance.per_rank(torch.zeros(0, 2, requires_grad=True))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.emb is not None:
             ids = (x[:, 0].abs() * 3).long() % 10
-            x = torch.cat([x, self.emb(ids)], dim=1)
+            looked = self.emb(ids)
+            if self.frontier is not None and torch.is_grad_enabled():
+                self.pending = looked
+                self.frontier.data = looked.detach()
+                self.frontier.grad = None
+                looked = self.frontier
+            x = torch.cat([x, looked], dim=1)
         z = self.encoder(x)
         return z, {t: h(z).squeeze(-1) for t, h in self.heads.items()}
 
@@ -102,12 +119,13 @@ def train(
         {t: net.heads[t] for t in TASKS},
         engine="loop",
         process_group=None if job is None else "world",
-        tables=None if net.emb is None else [net.emb.weight],
+        tables=None if net.emb is None else [_table(net)],
+        max_update_norm=0.05 if variant == "frontierclip" else None,
         **_mode_options(name, mode_name, net),
     )
     optimizer = torch.optim.SGD([*net.parameters(), *balancer.parameters()], lr=0.01)
     torch.manual_seed(123 + rank)  # the draws of randomised methods must come from rank 0
-    params, stats, comm = [], [], []
+    params, stats, comm, frontier = [], [], [], []
     lo, hi = rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world
     for step in range(steps):
         if (rank, step) == kill:
@@ -128,10 +146,21 @@ def train(
         elif mode == "ddp_sync":  # the forward outside no_sync(): DDP's hooks stay armed
             z, losses = losses_of(model, x, ys)
             result = balancer.backward(losses, representation=z)
+        elif net.frontier is not None:
+            z, losses = losses_of(model, x, ys)
+            nan = variant == "frontiernan" and (rank, step) == (1, 1)
+            hook = net.frontier.register_hook(lambda g: g * float("nan")) if nan else None
+            scale = 1.0 if variant == "frontiernan" else None
+            result = balancer.backward(losses, representation=z, loss_scale=scale)
+            if hook is not None:
+                hook.remove()
+            frontier.append(None if net.frontier.grad is None else net.frontier.grad.clone())
+            _backward_tables(net, job, skip=result.skipped)
         else:
             z, losses = losses_of(model, x, ys)
             result = balancer.backward(losses, representation=z)
-        optimizer.step()
+        if not result.skipped:
+            optimizer.step()
         if balancer.needs_after_step:
             with torch.no_grad():
                 balancer.after_step(losses_of(model, x, ys)[1])
@@ -140,9 +169,36 @@ def train(
         stats.append(result.to_dict())
         comm.append(balancer.communicated_bytes)
     torch.save(
-        {"params": params, "balancer": balancer.state_dict(), "stats": stats, "bytes": comm},
+        {
+            "params": params,
+            "balancer": balancer.state_dict(),
+            "stats": stats,
+            "bytes": comm,
+            "frontier": frontier,
+        },
         out / f"{method}-rank{rank}.pt",
     )
+
+
+def _table(net: Net) -> torch.Tensor:
+    assert net.emb is not None
+    return net.emb.weight if net.frontier is None else net.frontier
+
+
+def _backward_tables(net: Net, job: distributed.DistEnv | None, *, skip: bool) -> None:
+    """The one backward from the frontier into the table, then the shares summed across
+    ranks (each rank's frontier gradient is its share of the global one)."""
+    pending, net.pending = net.pending, None
+    assert pending is not None and net.frontier is not None and net.emb is not None
+    if skip:
+        return
+    assert net.frontier.grad is not None
+    pending.backward(net.frontier.grad)
+    if job is not None:
+        import torch.distributed as dist
+
+        assert net.emb.weight.grad is not None
+        dist.all_reduce(net.emb.weight.grad)
 
 
 def _mode_options(name: str, mode_name: str, net: Net) -> dict:

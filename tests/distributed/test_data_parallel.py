@@ -29,7 +29,18 @@ METHODS = ("ew", "dbmtl", "pcgrad", "uw", "rlw", "famo", "mgda_ub")
 FAST = ("dbmtl_probe", "dbmtl_rep", "imtl_g~representation", "dbmtl_periodic")
 # with an embedding table balanced approximately (tables=): dense and sparse gradients
 TABLES = ("dbmtl@tables", "dbmtl@sparse", "ew@sparse", "dbmtl_probe@sparse", "dbmtl_rep@tables")
-ALL = METHODS + FAST + TABLES
+# the table read through a per-rank leaf (mtlbalance.per_rank: this rank's pooled rows, as
+# mtlrec's table frontier): gradient level, loss level, the fast modes, a randomised method,
+# and clipping to max_update_norm (the norm of a per-rank gradient is global)
+FRONTIER = (
+    "dbmtl@frontier",
+    "ew@frontier",
+    "dbmtl_probe@frontier",
+    "dbmtl_rep@frontier",
+    "pcgrad@frontier",
+    "dbmtl@frontierclip",
+)
+ALL = METHODS + FAST + TABLES + FRONTIER
 
 
 def _run_single(out: Path, methods: str, mode: str = "single") -> None:
@@ -55,7 +66,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     kinds = ("single", "plain", "ddp", "ddp_sync", "accumulate")
     dirs = {k: tmp_path_factory.mktemp(k) for k in kinds}
     _run_single(dirs["single"], ",".join(ALL))
-    _run_job(dirs["plain"], ",".join(ALL), "plain")
+    _run_job(dirs["plain"], ",".join([*ALL, "dbmtl@frontiernan"]), "plain")
     _run_job(dirs["ddp"], "dbmtl,ew", "ddp")
     _run_job(dirs["ddp_sync"], "dbmtl", "ddp_sync")
     _run_job(dirs["accumulate"], "dbmtl,uw,dbmtl_probe,dbmtl_periodic", "accumulate")
@@ -155,3 +166,52 @@ def test_fast_mode_traffic_per_step(runs: dict[str, Path]) -> None:
     assert _load(runs["plain"], "dbmtl_rep", 0)["bytes"] == [ew + 4 * 3 * 3] * STEPS
     exact = 4 * (losses + 3 * shared + heads)
     assert _load(runs["plain"], "dbmtl_periodic", 0)["bytes"] == [exact] + [ew] * (STEPS - 1)
+
+
+# ---------------------------------------------------------------------- per-rank tables
+@pytest.mark.parametrize("method", FRONTIER)
+def test_per_rank_gradient_is_the_local_share(runs: dict[str, Path], method: str) -> None:
+    """Rank r's frontier holds the rows [4r, 4r + 4) of the global batch of 8; its gradient
+    must be those rows of the one-process frontier's gradient (∂ℓ/∂Ê_r = (1/W) ∂ℓ^r/∂Ê_r):
+    not averaged with the other rank's rows, not the local gradient unscaled or times W."""
+    want = _load(runs["single"], method, 0)["frontier"]
+    for rank in (0, 1):
+        got = _load(runs["plain"], method, rank)["frontier"]
+        assert len(got) == len(want) == STEPS
+        for step, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert w.shape == (8, 2) and g.shape == (4, 2)
+            assert w[4 * rank : 4 * rank + 4].abs().max() > 1e-3  # (the test can fail)
+            torch.testing.assert_close(
+                g, w[4 * rank : 4 * rank + 4], rtol=1e-5, atol=1e-6, msg=f"{rank} {step}"
+            )
+
+
+def test_per_rank_traffic_is_one_float64_beyond(runs: dict[str, Path]) -> None:
+    """A per-rank table is not reduced: beyond the rows (shared = the encoder's 6·6 + 6 = 42
+    values with the frontier's 2 inputs) only its squared norm, one float64, crosses."""
+    shared, heads, losses = 42, 3 * 7, 3
+    assert (
+        _load(runs["plain"], "dbmtl@frontier", 0)["bytes"]
+        == [4 * (losses + 3 * shared + heads) + 8] * STEPS
+    )
+    assert (
+        _load(runs["plain"], "ew@frontier", 0)["bytes"]
+        == [4 * (losses + shared + heads) + 8] * STEPS
+    )
+
+
+def test_one_ranks_non_finite_frontier_skips_the_step_on_every_rank(
+    runs: dict[str, Path],
+) -> None:
+    """Rank 1's frontier gradient is NaN on step 1 (rank 0's is finite), under a loss scale:
+    both ranks skip that step (nothing written, the same stats) and go on in lockstep (the
+    job finished: nobody waited forever in a collective)."""
+    r0, r1 = (_load(runs["plain"], "dbmtl@frontiernan", r) for r in (0, 1))
+    for got in (r0, r1):
+        assert [s.get("skipped", 0.0) for s in got["stats"]] == [0.0, 1.0, 0.0, 0.0]
+        for p, q in zip(got["params"][1], got["params"][0], strict=True):
+            assert torch.equal(p, q)  # nothing changed on step 1
+        assert not torch.equal(got["params"][2][0], got["params"][1][0])  # training went on
+    _assert_identical(r0["params"], r1["params"], "parameters")
+    _assert_identical(r0["balancer"], r1["balancer"], "balancer state")
+    assert r0["frontier"][1] is None and r1["frontier"][1] is None

@@ -5,9 +5,17 @@
 (STORE: a path for the FileStore rendezvous, the same for every rank — no port to pick.)
 
 Trains the test's model for the configured steps on this rank's rows of each global batch,
-with the tables sharded by TorchRec's DistributedModelParallel (fused optimizer), the dense
-gradients summed across ranks by DenseGradSync, and writes the final dense parameters and
-the whole tables (rank 0) to OUT.pt. The single-process reference is in the test module.
+with the tables sharded by TorchRec's DistributedModelParallel (fused optimizer), and writes
+the final dense parameters and the whole tables (rank 0) to OUT.pt. The single-process
+reference is in the test module. Two paths (``config["path"]``):
+
+* ``"balancer"`` (the way): each rank passes its LOCAL mean losses to a
+  ``Balancer(tables=[model.table_frontier()], process_group="world")``, which averages what
+  its method reads and scales the (per-rank) frontier's gradient by 1/W; every rank also
+  writes OUT.pt.rank<r> (its dense and replicated parameters, balancer state, stats: the
+  ranks must be bit-identical). ``config["nan_at"] = [rank, step]`` makes that rank's
+  frontier gradient NaN on that step (with ``loss_scale``: the step is skipped everywhere).
+* otherwise (the older one): ``global_mean_losses`` and DenseGradSync (loop engine).
 """
 
 from __future__ import annotations
@@ -48,8 +56,15 @@ def main() -> None:
         dense = [*model.dense_shared_parameters()]
         towers = [p for m in model.task_parameters().values() for p in m.parameters()]
         replicated = replicated_table_parameters(model)
-        sync = DenseGradSync([*dense, *towers])
-        balancer = make_balancer(config, model, tables=[model.table_frontier()])
+        through_balancer = config.get("path") == "balancer"
+        sync = None if through_balancer else DenseGradSync([*dense, *towers])
+        balancer = make_balancer(
+            config,
+            model,
+            tables=[model.table_frontier()],
+            process_group="world" if through_balancer else None,
+        )
+        stats = []
         opt = torch.optim.SGD([*dense, *towers], lr=config["lr"])
         table_lr = config.get("table_lr", config["lr"])
         opt_replicated = torch.optim.SGD(replicated, lr=table_lr) if replicated else None
@@ -63,17 +78,38 @@ def main() -> None:
             local_in = inputs.index(rows)
             local_y = {t: y[rows] for t, y in targets.items()}
             _, preds = dmp(local_in)
-            losses = global_mean_losses(task_losses(config, preds, local_y), count=hi - lo)
+            losses = task_losses(config, preds, local_y)
+            if not through_balancer:
+                losses = global_mean_losses(losses, count=hi - lo)
             opt.zero_grad()
             if opt_replicated is not None:
                 opt_replicated.zero_grad()
-            balancer.backward(losses)
+            hook = None
+            if config.get("nan_at") == [rank, step]:
+                hook = model.table_frontier().register_hook(lambda g: g * float("nan"))
+            result = balancer.backward(losses, loss_scale=config.get("loss_scale"))
+            if hook is not None:
+                hook.remove()
+            stats.append(result.to_dict())
+            if result.skipped:
+                model.embedding.skip_tables()
+                continue
             model.backward_tables()
             opt.step()
             if opt_replicated is not None:
                 opt_replicated.step()
         tables = full_tables(model)
-        sync.close()
+        if sync is not None:
+            sync.close()
+        if through_balancer:
+            mine = {
+                "dense": [p.detach().clone() for p in [*dense, *towers]],
+                "replicated": [p.detach().clone() for p in replicated],
+                "balancer": balancer.state_dict(),
+                "stats": stats,
+                "bytes": balancer.communicated_bytes,
+            }
+            torch.save(mine, f"{sys.argv[5]}.rank{rank}")
         if rank == 0:
             out = {
                 "dense": {

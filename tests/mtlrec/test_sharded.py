@@ -4,12 +4,8 @@ unsharded single-process training on the same global batch; the split backward's
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -18,101 +14,20 @@ from mtlrec.models import torchrec_available
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _sharded_common import build_model, global_batch, make_balancer, task_losses  # noqa: E402
+from _sharded_common import (  # noqa: E402
+    build_model,
+    compare,
+    global_batch,
+    make_balancer,
+    reference,
+    run_two,
+    start,
+    task_losses,
+)
 
 from mtlrec.models import MMoE  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torchrec_available(), reason="torchrec is not installed")
-
-TIMEOUT_S = 240
-
-
-def _reference(config: dict[str, Any]) -> dict[str, Any]:
-    """Plain single-process training on the whole global batch: the tables in the balancer's
-    ``tables=`` (one backward of Σ_t c_t ℓ̃_t into them), torch's own optimizers (SGD; for
-    exact_adagrad torch.optim.Adagrad with the fused kernel's eps) — no TorchRec sharding,
-    no split backward, no collectives."""
-    torch.manual_seed(0)
-    model = build_model(config)
-    tables = model.embedding_parameters()
-    dense = [p for n, p in model.named_parameters() if not n.startswith("embedding.")]
-    balancer = make_balancer(config, model, tables=tables)
-    opts: list[torch.optim.Optimizer] = [torch.optim.SGD(dense, lr=config["lr"])]
-    if config["optimizer"] == "exact_adagrad":
-        eps = config["optimizer_args"]["eps"]
-        opts.append(torch.optim.Adagrad(tables, lr=config["table_lr"], eps=eps))
-    else:
-        opts.append(torch.optim.SGD(tables, lr=config["table_lr"]))
-    for step in range(config["steps"]):
-        inputs, targets = global_batch(config, step)
-        _, preds = model(inputs)
-        for o in opts:
-            o.zero_grad()
-        balancer.backward(task_losses(config, preds, targets))
-        for o in opts:
-            o.step()
-    return {
-        "dense": {
-            n: p.detach().clone()
-            for n, p in model.named_parameters()
-            if not n.startswith("embedding.")
-        },
-        "tables": {f: w.detach().clone() for f, w in model.embedding.tables().items()},
-    }
-
-
-def _run_two(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(config))
-    out = tmp_path / "out.pt"
-    store = tmp_path / "store"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "_dmp_worker.py"),
-                str(r),
-                "2",
-                str(store),
-                str(cfg),
-                str(out),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        for r in range(2)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            stdout, _ = p.communicate(timeout=TIMEOUT_S)
-            logs.append(stdout.decode(errors="replace"))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    if any(p.returncode for p in procs):
-        pytest.fail("a worker failed:\n" + "\n----\n".join(log[-4000:] for log in logs))
-    result: dict[str, Any] = torch.load(out)
-    return result
-
-
-def _compare(got: dict[str, Any], want: dict[str, Any], start: dict[str, Any]) -> None:
-    assert set(got["dense"]) == set(want["dense"])
-    for name, w in want["dense"].items():
-        torch.testing.assert_close(got["dense"][name], w, rtol=0, atol=1e-5, msg=name)
-    for feature, w in want["tables"].items():
-        # the training moved the tables (else the comparison would prove nothing)
-        assert (w - start["tables"][feature]).abs().max() > 1e-3, feature
-        torch.testing.assert_close(got["tables"][feature], w, rtol=0, atol=1e-5, msg=feature)
-
-
-def _start(config: dict[str, Any]) -> dict[str, Any]:
-    return _reference({**config, "steps": 0})
-
 
 BASE = {"batch": 16, "steps": 4, "lr": 0.05}
 # DB-MTL scales the tables' gradient by c_t = α / ‖ĝ_t‖: a larger step makes them move by
@@ -135,7 +50,7 @@ def test_table_wise_fused_sgd_equals_unsharded(method: str, tmp_path: Path) -> N
         "sharding": TABLE_WISE,
         "optimizer": "exact_sgd",
     }
-    _compare(_run_two(config, tmp_path), _reference(config), _start(config))
+    compare(run_two(config, tmp_path), reference(config), start(config))
 
 
 def test_table_wise_fused_adagrad_dbmtl_unequal_shares_equals_unsharded(tmp_path: Path) -> None:
@@ -150,7 +65,7 @@ def test_table_wise_fused_adagrad_dbmtl_unequal_shares_equals_unsharded(tmp_path
         "optimizer": "exact_adagrad",
         "optimizer_args": {"eps": 1e-8},
     }
-    _compare(_run_two(config, tmp_path), _reference(config), _start(config))
+    compare(run_two(config, tmp_path), reference(config), start(config))
 
 
 def test_column_wise_and_data_parallel_dbmtl_equal_unsharded(tmp_path: Path) -> None:
@@ -167,9 +82,9 @@ def test_column_wise_and_data_parallel_dbmtl_equal_unsharded(tmp_path: Path) -> 
         "sharding": sharding,
         "optimizer": "exact_sgd",
     }
-    got = _run_two(config, tmp_path)
+    got = run_two(config, tmp_path)
     assert got["replicated"] >= 1  # the data-parallel tables: replicated, a dense optimizer
-    _compare(got, _reference(config), _start(config))
+    compare(got, reference(config), start(config))
 
 
 # ---------------------------------------------------------------------- one process

@@ -11,6 +11,7 @@ Two lines change in a training loop::
 from __future__ import annotations
 
 from . import aggregators, engines, transforms
+from ._params import per_rank
 from .balancer import Balancer
 from .methods import DBMTL, EW
 from .registry import available, make, register_aggregator, register_method, register_transform
@@ -28,6 +29,7 @@ __all__ = [
     "available",
     "engines",
     "make",
+    "per_rank",
     "register_aggregator",
     "register_method",
     "register_transform",

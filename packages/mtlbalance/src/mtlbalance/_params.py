@@ -146,3 +146,51 @@ def check_saved_tables(saved: Mapping[str, Any], own: list[tuple[str, Tensor]]) 
             f"`shared` parameters only, so a run resumes with the same split between "
             f"`shared` and `tables` (build the balancer with the same tables=)"
         )
+
+
+_PER_RANK = "_mtlbalance_per_rank"
+
+
+def per_rank(tensor: Tensor) -> Tensor:
+    """Mark a tensor given in ``Balancer(tables=...)`` as holding THIS RANK'S OWN rows — an
+    activation leaf such as mtlrec's table frontier (the pooled embeddings of this rank's
+    samples), not a parameter replicated on every rank — and return the same tensor object.
+
+    The mark is a plain attribute on the tensor (``tensor._mtlbalance_per_rank = True``): it
+    survives ``tensor.data = ...`` (the frontier is refilled each forward) but not a copy.
+
+    Data parallel (``Balancer(..., process_group=...)``, W ranks, each passing its local mean
+    losses ``ℓ_t^r`` of an equal shard): the global loss is ``ℓ_t = (1/W) Σ_r ℓ_t^r`` and rank
+    r's rows ``Ê_r`` enter only ``ℓ^r``, so ``∂ℓ/∂Ê_r = (1/W) ∂ℓ^r/∂Ê_r``: the tensor's gradient
+    is this rank's local one times ``1/W`` — never averaged or summed across the ranks (a
+    replicated table's gradient is averaged). What the balancer decides from it is made the
+    same on every rank with one all-reduce of one float64 per such tensor (its squared norm,
+    summed: the global norm ``sqrt(Σ_r ‖g_r‖²)``; a non-finite gradient on any rank makes it
+    non-finite): the finiteness check, ``max_update_norm`` clipping and the reported norms.
+    Such a tensor cannot be accumulated (``accumulate``) under a process group. With one
+    process the mark changes nothing.
+
+    Raises ``ValueError`` (naming the tensor) unless ``tensor`` is a leaf tensor that requires
+    grad.
+    """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"per_rank() marks a tensor, got {type(tensor).__name__}")
+    what = f"tensor of shape {tuple(tensor.shape)} and dtype {tensor.dtype}"
+    if not tensor.is_leaf:
+        raise ValueError(
+            f"per_rank(): the {what} is not a leaf tensor (it was computed by "
+            f"{type(tensor.grad_fn).__name__}); mark the leaf that holds this rank's rows "
+            f"(e.g. mtlrec's model.table_frontier(), or x.detach().requires_grad_())"
+        )
+    if not tensor.requires_grad:
+        raise ValueError(
+            f"per_rank(): the {what} does not require grad, so the balancer would give it no "
+            f"gradient; call .requires_grad_() on it first"
+        )
+    setattr(tensor, _PER_RANK, True)
+    return tensor
+
+
+def is_per_rank(tensor: Tensor) -> bool:
+    """True for a tensor marked with :func:`per_rank`."""
+    return bool(getattr(tensor, _PER_RANK, False))

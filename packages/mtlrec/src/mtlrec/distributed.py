@@ -1,42 +1,47 @@
 """Sharded embedding tables (TorchRec ``DistributedModelParallel``) for the mtlrec models.
 
-One training step on ``W`` ranks, each with its own ``n_r`` rows of the global batch of
-``N = Σ_r n_r`` rows (docs/distributed.md, "Sharded embeddings")::
+One training step on ``W`` ranks, each with its own equal shard of ``n`` rows of the global
+batch (docs/distributed.md, "Sharded embeddings")::
 
     dmp = shard_model(model, sharding={"user": "table_wise"}, optimizer="exact_sgd", lr=0.05)
-    sync = DenseGradSync([*model.dense_shared_parameters(), *towers])  # before the steps
     balancer = mtlbalance.make(
         "dbmtl",
         model.dense_shared_parameters(),
         model.task_parameters(),
-        engine="loop",
-        tables=[model.table_frontier()],
+        tables=[model.table_frontier()],  # this rank's pooled rows: marked per_rank
+        process_group="world",
     )
     z, preds = dmp(inputs)  # lookup: all-to-all
-    losses = global_mean_losses(local_mean_losses, count=n_r)
     opt.zero_grad()
-    balancer.backward(losses)  # dense: every backward reduced
-    model.backward_tables()  # the ONE backward into the tables
+    stats = balancer.backward(local_mean_losses)  # dense: what the method reads, averaged
+    model.backward_tables()  # the ONE backward into the tables (skip_tables() if skipped)
     opt.step()  # dense (the tables stepped already)
+
+The Balancer's reduce stage averages the losses and what the method reads across the ranks
+(any engine, any mode), and gives the frontier — :func:`mtlbalance.per_rank`, THIS rank's
+rows — its local gradient times 1/W, its share of the global batch's gradient; the tables'
+backward then sums the shares (TorchRec's division by W switched off; the data-parallel
+tables' DDP hook set to a sum).
 
 - :func:`plan_sharding` asks TorchRec's ``EmbeddingShardingPlanner`` for a plan for the
   world size (the same plan on every rank: ``collective_plan``); ``sharding`` (table or
   feature -> sharding type) constrains it, ``plan`` replaces it.
 - :func:`shard_model` wraps the model in ``DistributedModelParallel`` with a fused optimizer
   for the sharded tables, and does NOT wrap the dense layers in DDP
-  (``init_data_parallel=False``): the balancer takes several backwards per step, and DDP's
+  (``init_data_parallel=False``): the balancer reduces the dense gradients itself, and DDP's
   reducer fires only on ``.backward()`` into ``.grad``.
+
+The older alternative, kept working (tests/mtlrec/test_sharded.py) but not the way: a
+one-process balancer (no ``process_group``) on globally averaged inputs —
+
 - :func:`global_mean_losses` makes every rank's task losses the global batch means
-  ``ℓ_t = Σ_r n_r ℓ_t^r / N`` (one all-reduce of T + 1 floats), whose backward hands rank r
-  its share ``n_r / N`` of the upstream gradient.
+  ``ℓ_t = Σ_r n_r ℓ_t^r / N`` (one all-reduce of T + 1 floats; unequal shards allowed), whose
+  backward hands rank r its share ``n_r / N`` of the upstream gradient;
 - :class:`DenseGradSync` sums the dense parameters' gradients across ranks inside every
-  backward that reaches them (a tensor hook: also under ``torch.autograd.grad``, which the
-  balancer's engines use), so the balancer sees the global per-task rows
-  ``∇ℓ̃_t = Σ_r ∂ℓ̃_t/∂θ |_r``: exact data-parallel balancing for every method, at the
-  traffic of the rows (EW: P floats a step; exact DB-MTL with the loop engine: about T × P).
-  This is the stopgap for the Balancer's reduce stage (issue 13, data-parallel part), which
-  will make it unnecessary; it needs ``engine="loop"`` (a vmapped backward cannot run a
-  collective per row).
+  backward that reaches them (a tensor hook: also under ``torch.autograd.grad``), so the
+  balancer sees the global per-task rows; it needs ``engine="loop"`` (a vmapped backward
+  cannot run a collective per row) and runs one synchronous all-reduce per parameter per
+  backward.
 """
 
 from __future__ import annotations
@@ -189,7 +194,8 @@ def shard_model(
     """Wrap ``model`` in TorchRec's ``DistributedModelParallel``: its tables sharded by
     ``plan`` (default: :func:`plan_sharding` with ``sharding``) with the fused ``optimizer``
     (``lr`` and ``optimizer_args`` such as ``eps``), its dense layers left as they are
-    (replicated, NOT wrapped in DDP: reduce their gradients with :class:`DenseGradSync`).
+    (replicated, NOT wrapped in DDP: a ``Balancer(..., process_group="world")`` reduces
+    their gradients; the older alternative: :class:`DenseGradSync`).
 
     ``model`` itself is changed in place (``model.embedding.ebc`` becomes the sharded module)
     and stays usable: ``model.dense_shared_parameters()``, ``task_parameters()``,
@@ -259,8 +265,9 @@ def _replicated_lookups(model: MultiTaskRecModel) -> list[Any]:
 
 def _sum_hook(state: Any, bucket: Any) -> Any:
     """DDP comm hook: SUM the bucket across ranks (DDP's default averages). Each rank's
-    gradient is already its share of the global batch's gradient (the frontier's gradient
-    comes from :func:`global_mean_losses`), so the shares add up."""
+    gradient is already its share of the global batch's gradient (the frontier's gradient:
+    the Balancer's per-rank local gradient × 1/W, or through :func:`global_mean_losses`), so
+    the shares add up."""
     tensor = bucket.buffer()
     work = dist.all_reduce(tensor, async_op=True)
     assert work is not None
@@ -279,8 +286,8 @@ def replicated_table_parameters(model: MultiTaskRecModel) -> list[Tensor]:
     """The parameters of the data-parallel (replicated) tables after :func:`shard_model`:
     TorchRec gives them no fused optimizer — put them in the dense optimizer. Their
     gradients are summed across ranks in the tables' one backward (a DDP inside TorchRec's
-    lookup, whose comm hook :func:`shard_model` sets to a sum); do not add them to
-    :class:`DenseGradSync`."""
+    lookup, whose comm hook :func:`shard_model` sets to a sum); do not add them to the
+    balancer or to :class:`DenseGradSync`."""
     return [p for ddp in _replicated_lookups(model) for p in ddp.parameters() if p.requires_grad]
 
 
@@ -414,8 +421,9 @@ class DenseGradSync:
     one reduction. Every rank must run the same backwards in the same order (it does: the
     same balancer on the same graph). ``close()`` removes the hooks.
 
-    Stopgap until the Balancer's reduce stage does the reduction (issue 13); with it, drop
-    this and let the balancer reduce."""
+    The older alternative to the Balancer's own reduce stage (``Balancer(...,
+    process_group="world")`` with ``tables=[model.table_frontier()]``, which reduces after
+    the backwards, on any engine): kept working, not the way."""
 
     def __init__(
         self,

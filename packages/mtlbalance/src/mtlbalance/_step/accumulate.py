@@ -17,7 +17,7 @@ from torch import Tensor
 from ..aggregators.sum import Sum
 from ..engines.base import write_row
 from ..transforms.identity import Identity
-from . import check, combine, engine, inputs, scaling
+from . import check, combine, engine, inputs, perrank, scaling
 from .context import Accumulation, Grads, Setup, Step
 
 
@@ -42,6 +42,7 @@ def add(
             "representation of the whole batch and cannot accumulate micro-batches; use "
             "mode='probe' or 'periodic' (they accumulate), or a larger batch"
         )
+    perrank.refuse_accumulation(setup)
     vec = torch.stack(raw).detach()
     layout, task_params, tables = setup.layout, setup.task_params, setup.table_params
     transform, aggregator = setup.transform, setup.aggregator

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._norms import exact_norm, norms, overflow_message
+from . import perrank
 from .context import Grads, Setup, Step
 
 
@@ -127,7 +128,11 @@ def gate(
     if host[-2]:
         subject = "the combined gradient of the shared parameters"
         flagged.append((subject, list(combined), f"{subject} is not finite"))
-    return _verdict(flagged, skip=scale_bad is not None)
+    return _verdict(
+        flagged,
+        skip=scale_bad is not None,
+        norm_of=lambda ts: perrank.exact_norm(setup, step, ts),
+    )
 
 
 def _verdict(
@@ -135,13 +140,16 @@ def _verdict(
     *,
     skip: bool,
     not_finite: Callable[[list[str]], str] | None = None,
+    norm_of: Callable[[list[Tensor]], float | None] = exact_norm,
 ) -> bool:
     """Skip (an overflow under a loss scale), or raise for the first flagged gradient: as
     not finite, or — when it is finite and only its norm overflowed — as too large.
-    ``not_finite`` builds the message from every non-finite item's message instead."""
+    ``not_finite`` builds the message from every non-finite item's message instead;
+    ``norm_of`` gives the exact norm (across the ranks for per-rank tables: every rank
+    decides the same)."""
     if not flagged:
         return False
-    found = [(s, ts, m, exact_norm(ts) if ts else None) for s, ts, m in flagged]
+    found = [(s, ts, m, norm_of(ts) if ts else None) for s, ts, m in flagged]
     if skip and any(norm is None for *_, norm in found):
         return True  # an overflow of the scaled backward: the caller skips the step
     subject, tensors, message, norm = found[0]
@@ -174,13 +182,14 @@ def gate_tables(setup: Setup, step: Step) -> bool:
     ]
     if not named:
         return False
-    bad = (~torch.isfinite(norms([g for _, g in named]))).cpu().tolist()
+    bad = (~torch.isfinite(perrank.norms(step, [g for _, g in named]))).cpu().tolist()
     flagged = [
         (f"the gradient of table {n}", [g], n) for (n, g), b in zip(named, bad, strict=True) if b
     ]
     return _verdict(
         flagged,
         skip=step.scale_bad is not None,
+        norm_of=lambda ts: perrank.exact_norm(setup, step, ts),
         not_finite=lambda names: (
             f"the gradient of table(s) {', '.join(names)} is not finite; nothing was written "
             f"to .grad (the aggregator has already taken this step's finite shared gradients)"

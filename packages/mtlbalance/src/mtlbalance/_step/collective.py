@@ -80,12 +80,21 @@ class Collective:
         """Average contiguous dense tensors across the group, in place, in buckets of at most
         ``bucket_bytes``: a tensor of ``INPLACE_BYTES`` or more (the rows) is reduced where it
         is, in bucket-sized slices of its flat view; smaller ones are packed into buckets."""
+        present = self.all_reduce_(tensors)
+        world = self.world_size
+        for t in present:
+            t.div_(world)
+
+    def all_reduce_(self, tensors: Sequence[Tensor], op: str = "sum") -> list[Tensor]:
+        """All-reduce contiguous dense tensors in place (``op``: ``"sum"`` or ``"max"``),
+        bucketed as :meth:`mean_`; returns the non-empty ones."""
         import torch.distributed as dist
 
-        group, world = self.group, self.world_size
+        group = self.group
+        reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
         present = [t for t in tensors if t.numel()]
         if not present:
-            return
+            return present
         self._count(present)
         pending: list[tuple[Any, list[Tensor], Tensor | None]] = []
         small: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
@@ -97,13 +106,14 @@ class Collective:
                 flat = t.view(-1)
                 for start in range(0, flat.numel(), per):
                     part = flat[start : start + per]
-                    pending.append((dist.all_reduce(part, group=group, async_op=True), [], None))
+                    work = dist.all_reduce(part, op=reduce_op, group=group, async_op=True)
+                    pending.append((work, [], None))
             else:
                 small.setdefault((t.dtype, t.device), []).append(t)
         for group_tensors in small.values():
             for bucket in _buckets(group_tensors, self.bucket_bytes):
                 packed = torch.cat([t.reshape(-1) for t in bucket])
-                work = dist.all_reduce(packed, group=group, async_op=True)
+                work = dist.all_reduce(packed, op=reduce_op, group=group, async_op=True)
                 pending.append((work, bucket, packed))
         for work, bucket, flat_bucket in pending:
             work.wait()
@@ -112,8 +122,7 @@ class Collective:
                 for member in bucket:
                     member.copy_(flat_bucket[offset : offset + member.numel()].view_as(member))
                     offset += member.numel()
-        for t in present:
-            t.div_(world)
+        return present
 
     def mean(self, grads: Sequence[Tensor | None]) -> Grads:
         """Averaged copies of gradients (autograd may hand out expanded or non-contiguous

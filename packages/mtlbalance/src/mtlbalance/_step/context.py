@@ -102,7 +102,9 @@ class Step:
         ``"periodic/exact"``, ``"periodic/reuse"``), for the stats.
     check / write-back:
         ``combined`` and ``combined_norms``: what the shared parameters and tables get, and
-        its norms, when a stage needed them for the check; ``update_norm``; ``skipped``.
+        its norms, when a stage needed them for the check; ``per_rank``: the per-rank
+        tables' gradients with their global norms (data parallel); ``update_norm``;
+        ``skipped``.
     """
 
     vec: Tensor
@@ -134,6 +136,8 @@ class Step:
     # check / write-back
     combined: list[Tensor] = field(default_factory=list)
     combined_norms: Tensor | None = None
+    # data parallel, per-rank tables (:mod:`.perrank`): (gradient, its global norm)
+    per_rank: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     update_norm: Tensor | None = None
     skipped: bool = False
     mode: str = "exact"

@@ -20,6 +20,11 @@ the W ranks before anything reads it:
   traffic;
 * representation level: the rows at the representation are per sample, so they are
   gathered, not averaged: ``∇_{z_r} ℓ = (1/W) ∇_{z_r} ℓ^r``, concatenated in rank order;
+* a table marked :func:`mtlbalance.per_rank` (this rank's own rows, e.g. mtlrec's table
+  frontier) is not averaged either: its gradient is the local one times 1/W
+  (``∂ℓ/∂Ê_r = (1/W) ∂ℓ^r/∂Ê_r``), and one all-reduce of one float64 per such table (its
+  squared norm) makes the check, the clip and the norms read from it global
+  (:mod:`.perrank`);
 * an accumulated step: its sums, once, before the transform (:func:`accumulation`);
 * randomised methods (RLW, PCGrad, GradDrop, …): rank 0's draws are broadcast.
 
@@ -50,9 +55,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._norms import norms
 from ..aggregators.base import gram_matrix
-from . import combine
+from . import combine, perrank
 from .collective import Collective, ProcessGroupArg
 from .context import Accumulation, Setup, Step
 
@@ -174,24 +178,29 @@ def combined(setup: Setup, step: Step, task_grads: bool = True) -> None:
         return
     shared = step.shared_grads or []
     own = step.task_grads if task_grads else []
-    flat = collective.mean([*shared, *(g for gs in own for g in gs), *step.table_grads])
+    replicated = perrank.replicated_only(setup, step.table_grads)
+    flat = collective.mean([*shared, *(g for gs in own for g in gs), *replicated])
     parts = combine.split(flat, [shared, *own, step.table_grads])
     if step.shared_grads is not None:
         step.shared_grads = parts[0]
     if task_grads:
         step.task_grads = parts[1:-1]
-    step.table_grads = parts[-1]
-    step.combined = [g for g in [*parts[0], *parts[-1]] if g is not None]
-    step.combined_norms = norms(step.combined) if step.combined else None
+    step.table_grads = perrank.reduced(setup, step.table_grads, parts[-1])
+    perrank.global_norms(setup, step)
+    step.combined = [g for g in [*parts[0], *step.table_grads] if g is not None]
+    step.combined_norms = perrank.norms(step, step.combined) if step.combined else None
 
 
 def table_grads(setup: Setup, step: Step) -> None:
     """After the tables' one backward of ``Σ_t c_t ℓ̃_t`` (gradient level, direct step): their
-    gradients averaged (dense: all-reduce; sparse: gathered and summed)."""
+    gradients averaged (dense: all-reduce; sparse: gathered and summed); a per-rank table's
+    local gradient times 1/W instead, and its global norm (:mod:`.perrank`)."""
     collective = setup.collective
     if collective is None or step.accumulated is not None:
         return
-    step.table_grads = collective.mean(step.table_grads)
+    averaged = collective.mean(perrank.replicated_only(setup, step.table_grads))
+    step.table_grads = perrank.reduced(setup, step.table_grads, averaged)
+    perrank.global_norms(setup, step)
 
 
 def _warn_unreduced(setup: Setup) -> None:

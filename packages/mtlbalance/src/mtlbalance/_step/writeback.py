@@ -1,5 +1,6 @@
 """Stage "write-back": the ONE writer of ``.grad`` — shared parameters, tables, each task's
-own parameters, the transform's parameters — after the optional clip of the shared update.
+own parameters, the transform's parameters — after the optional clip of the shared update
+(its norm global: a per-rank table's part is ``sqrt(Σ_r ‖g_r‖²)``, :mod:`.perrank`).
 
 It accumulates like ``loss.backward()`` (a ``.grad`` not cleared since the last step is
 added to). The shared update lives in one of two flat buffers whose views become the shared
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .._norms import norms
+from . import perrank
 from .context import Setup, Step
 
 
@@ -63,7 +65,10 @@ def write(setup: Setup, step: Step) -> None:
             step.update_index, buf = setup.buffers.free()
             buf.copy_(step.update)
         buf = setup.buffers.buffer(step.update_index)
-        step.update_norm = clip([buf, *tables], max_norm, step.combined_norms)
+        given = step.combined_norms
+        if given is None and step.per_rank:  # (a gradient-level method's per-rank tables)
+            given = perrank.norms(step, [buf, *tables])
+        step.update_norm = clip([buf, *tables], max_norm, given)
         setup.buffers.assign(step.update_index)
     accumulate(setup.table_params, step.table_grads)
     task_weights = step.task_weights

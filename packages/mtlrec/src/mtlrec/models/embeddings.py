@@ -88,8 +88,10 @@ def meta_tables() -> Iterator[None]:
 def _no_gradient_division(sharded: bool) -> Iterator[None]:
     """TorchRec's sharded all-to-all divides the gradients by the world size in its backward
     by default (the DDP convention: each rank's loss is a local mean that DDP averages). The
-    frontier's gradient is already the global batch's (:func:`mtlrec.distributed
-    .global_mean_losses`), so the tables' one backward runs with the division off."""
+    frontier's gradient is already this rank's share of the global batch's gradient (the
+    Balancer's ``process_group=`` scales a :func:`mtlbalance.per_rank` table's gradient by
+    1/W; the older :func:`mtlrec.distributed.global_mean_losses` hands each rank its share),
+    so the tables' one backward runs with the division off: the shares add up."""
     if not sharded:
         yield
         return
@@ -233,9 +235,19 @@ class SparseEmbeddings(nn.Module):
         .embedding_parameters())`` on an unsharded model: the chain rule through the
         lookup). Between steps ``Ê`` is empty, ``(0, Σ dim)``, so a balancer's
         ``state_dict`` does not depend on the batch size.
+
+        ``Ê`` is marked :func:`mtlbalance.per_rank`: it holds THIS RANK'S pooled rows, not a
+        replicated parameter, so a data-parallel balancer (``process_group="world"``) gives
+        it the local gradient times ``1/W`` (``∂ℓ/∂Ê_r = (1/W) ∂ℓ^r/∂Ê_r`` for the global
+        loss ``ℓ = (1/W) Σ_r ℓ^r``) instead of averaging it across ranks; the tables'
+        backward then sums the ranks' shares. With one process the mark changes nothing.
         """
         if self._frontier is None:
-            self._frontier = torch.zeros(0, self.output_dim, requires_grad=True)
+            import mtlbalance
+
+            self._frontier = mtlbalance.per_rank(
+                torch.zeros(0, self.output_dim, requires_grad=True)
+            )
         return self._frontier
 
     def backward_tables(self) -> None:
@@ -258,7 +270,8 @@ class SparseEmbeddings(nn.Module):
             raise RuntimeError(
                 "backward_tables(): the table frontier has no gradient: give "
                 "table_frontier() to the balancer as tables=[...] and call balancer.backward "
-                "before backward_tables()"
+                "before backward_tables() (for a step the balancer skipped, stats.skipped, "
+                "call skip_tables() instead)"
             )
         if grad.shape != self._pending.shape:
             raise RuntimeError(
@@ -269,6 +282,19 @@ class SparseEmbeddings(nn.Module):
         pending, self._pending = self._pending, None
         with _no_gradient_division(self.sharded):
             pending.backward(grad.to(pending.dtype))
+        self._reset_frontier()
+
+    def skip_tables(self) -> None:
+        """Drop the lookup waiting for its backward WITHOUT running it, for a step the
+        balancer skipped (``stats.skipped``: a loss-scale overflow; under a process group
+        every rank skips together) and so gave the frontier no gradient: the tables do not
+        change (a fused optimizer does not step), and the next forward may run."""
+        if self._frontier is None or self._pending is None:
+            raise RuntimeError(
+                "skip_tables(): no lookup is waiting for its backward (call it instead of "
+                "backward_tables() after a skipped balancer step)"
+            )
+        self._pending = None
         self._reset_frontier()
 
     def _reset_frontier(self) -> None:
