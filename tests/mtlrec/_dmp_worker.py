@@ -92,7 +92,7 @@ def main() -> None:
                 hook.remove()
             stats.append(result.to_dict())
             if result.skipped:
-                model.embedding.skip_tables()
+                model.skip_tables()
                 continue
             model.backward_tables()
             opt.step()

@@ -45,7 +45,7 @@ class ShardedRun:
         the fused update); after a step the balancer skipped, the waiting lookup is dropped
         instead (the tables do not change)."""
         if skipped:
-            self.model.discard_tables_backward()
+            self.model.skip_tables()
         else:
             self.model.backward_tables()
 

@@ -200,14 +200,10 @@ class MultiTaskRecModel(nn.Module):
         here); see :meth:`SparseEmbeddings.backward_tables`."""
         self.embedding.backward_tables()
 
-    def discard_tables_backward(self) -> None:
-        """Drop the lookup waiting for :meth:`backward_tables` without running it: for a step
-        the balancer skipped (a non-finite gradient; the same decision on every rank), so the
-        tables and their fused optimizer state do not change. A no-op when nothing waits."""
-        emb = self.embedding
-        emb._pending = None
-        if emb._frontier is not None:
-            emb._reset_frontier()
+    def skip_tables(self) -> None:
+        """Drop the lookup waiting for :meth:`backward_tables` without running it, for a step
+        the balancer skipped (``stats.skipped``); see :meth:`SparseEmbeddings.skip_tables`."""
+        self.embedding.skip_tables()
 
     # ------------------------------------------------------------------ input
     def embed(self, inputs: RecInputs) -> Tensor:
