@@ -15,6 +15,36 @@ from mtltrain.checkpoint import load_file
 TIMEOUT_S = 300
 
 
+def model_and_train(tables: str, sharding: str, batch: int, eval_batch: int) -> str:
+    """The ``[model]`` and ``[train]`` tables of the tests' specs: a small MMoE, plain SGD.
+    With ``tables = "sharded"`` the fused table optimizer is SGD at the dense optimizer's rate
+    and the spec's SGD has no momentum (fused SGD has none): the unsharded run's
+    torch.optim.SGD over every parameter is then the same update. ``sharding``: the TOML
+    inline table of the sharding constraints."""
+    sharded = (
+        f'table_optimizer = "exact_sgd"\ntable_lr = 0.05\nsharding = {sharding}\n'
+        if tables == "sharded"
+        else ""
+    )
+    return f"""
+[model]
+arch = "mmoe"
+embedding_dim = 8
+tables = "{tables}"
+{sharded}num_experts = 2
+expert = [16]
+tower = [8]
+
+[train]
+epochs = 2
+batch_size = {batch}
+eval_batch_size = {eval_batch}
+optimizer = "sgd"
+lr = 0.05
+momentum = 0.0
+"""
+
+
 def mtlbench_run(
     out: Path, spec: Path, *extra: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

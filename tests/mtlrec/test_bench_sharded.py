@@ -1,14 +1,20 @@
 """Sharded tables through the Trainer and ``mtlbench run SPEC --nproc 2`` (``[model] tables =
 "sharded"``): 2 real processes (gloo, CPU) train what one process trains with the tables
-unsharded (``tables = "approx"``), every dense parameter and every table; a run stopped after
-an epoch and resumed from its per-rank checkpoint ends bit for bit where an uninterrupted run
-ends. In one process: the table frontier takes batches of any size (an epoch's short last
-batch), a skipped step leaves the tables alone, and the spec's sharded options are checked."""
+unsharded (``tables = "approx"``), every dense parameter and every table; a run killed
+(SIGKILL) after its first epoch and resumed from its per-rank checkpoint ends bit for bit
+where an uninterrupted run ends. In one process: the table frontier takes batches of any
+size (an epoch's short last batch), a skipped step leaves the tables alone, and the spec's
+sharded options are checked."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +22,17 @@ import pytest
 import torch
 
 from mtlrec.models import torchrec_available
+from mtltrain.checkpoint import load_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _bench_common import mtlbench_run, plain_state, sharded_state, state_key  # noqa: E402
+from _bench_common import (  # noqa: E402
+    model_and_train,
+    mtlbench_run,
+    plain_state,
+    sharded_state,
+    state_key,
+)
 from _sharded_common import build_model, global_batch, make_balancer, task_losses  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torchrec_available(), reason="torchrec is not installed")
@@ -38,23 +51,7 @@ seeds = 1
 n = 3000
 seed = 0
 
-[model]
-arch = "mmoe"
-embedding_dim = 8
-tables = "{tables}"
-{sharded}
-num_experts = 2
-expert = [16]
-tower = [8]
-
-[train]
-epochs = 2
-batch_size = 277
-eval_batch_size = 1001
-optimizer = "sgd"
-lr = 0.05
-momentum = 0.0
-
+{model_and_train}
 # the auto engine picks the fastest engine by timing, which two runs may do differently (a
 # difference in the last bits); the resume test compares two runs bit for bit
 [method_options.dbmtl]
@@ -69,19 +66,38 @@ auc = "higher"
 [tasks.dwell]
 mae = "lower"
 """
-# the fused table optimizer is plain SGD with the dense optimizer's rate (and the spec's SGD
-# without momentum, which fused SGD has not): the unsharded run's torch.optim.SGD over every
-# parameter is then the same update
-SHARDED = """table_optimizer = "exact_sgd"
-table_lr = 0.05
-sharding = { t_C1 = "table_wise", C2 = "column_wise", C3 = "data_parallel" }"""
+SHARDING = '{ t_C1 = "table_wise", C2 = "column_wise", C3 = "data_parallel" }'
 
 
 def _spec(folder: Path, tables: str, extra: str = "") -> Path:
     path = folder / f"{tables}.toml"
-    sharded = SHARDED + extra if tables == "sharded" else ""
-    path.write_text(SPEC.format(tables=tables, sharded=sharded))
+    sections = model_and_train(tables, SHARDING, batch=277, eval_batch=1001)
+    if extra:  # more [model] options
+        sections = sections.replace("num_experts", f"{extra}\nnum_experts", 1)
+    path.write_text(SPEC.format(model_and_train=sections))
     return path
+
+
+def _kill_after_first_checkpoint(out: Path, spec: Path) -> None:
+    """``mtlbench run SPEC --nproc 2`` SIGKILLed (the launcher and both ranks at once) as
+    soon as its first checkpoint (after epoch 1 of 2) is complete, the second epoch under
+    way."""
+    cmd = [sys.executable, "-m", "mtlbench.cli", "run", str(spec), "--no-tracking", "--quiet"]
+    cmd += ["--spool", str(out / "spool"), "--out", str(out), "--device", "cpu", "--nproc", "2"]
+    manifest = out / "checkpoints" / RUN / "last" / "manifest.pt"
+    proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not manifest.is_file():
+            assert proc.poll() is None, f"the run exited ({proc.returncode}) before a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    assert load_file(manifest)["step"] < 2 * 8  # (8 steps an epoch)
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +106,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mtlbench_run(dirs["one"], _spec(dirs["one"], "approx"))
     mtlbench_run(dirs["two"], _spec(dirs["two"], "sharded"), "--nproc", "2")
     spec = _spec(dirs["resumed"], "sharded")
-    mtlbench_run(dirs["resumed"], spec, "--nproc", "2", "--epochs", "1")
+    _kill_after_first_checkpoint(dirs["resumed"], spec)
     mtlbench_run(dirs["resumed"], spec, "--nproc", "2", "--resume")
-    on_shards = _spec(dirs["on_shards"], "sharded", '\ntable_init = "shards"')
+    on_shards = _spec(dirs["on_shards"], "sharded", 'table_init = "shards"')
     mtlbench_run(dirs["on_shards"], on_shards, "--nproc", "2")
     return dirs
 
@@ -132,7 +148,7 @@ def test_the_reports_agree(runs: dict[str, Path]) -> None:
     assert row(runs["two"]) == row(runs["one"])
 
 
-def test_a_resumed_sharded_run_ends_where_an_uninterrupted_one_ends(
+def test_a_killed_and_resumed_sharded_run_ends_where_an_uninterrupted_one_ends(
     runs: dict[str, Path],
 ) -> None:
     want = sharded_state(runs["two"] / "checkpoints" / RUN / "last")

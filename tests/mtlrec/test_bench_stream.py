@@ -19,7 +19,7 @@ from mtlrec.models import torchrec_available
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _bench_common import mtlbench_run, plain_state, sharded_state  # noqa: E402
+from _bench_common import model_and_train, mtlbench_run, plain_state, sharded_state  # noqa: E402
 
 BATCH = 128  # global; 64 a rank
 GROUP = BATCH // 2
@@ -65,32 +65,14 @@ note = "ignore"
 click = {{ task = "click", kind = "binary", positive = ["y"] }}
 dwell = {{ task = "dwell", kind = "regression" }}
 
-[model]
-arch = "mmoe"
-embedding_dim = 8
-tables = "{tables}"
-{sharded}
-num_experts = 2
-expert = [16]
-tower = [8]
-
-[train]
-epochs = 2
-batch_size = {batch}
-eval_batch_size = 500
-optimizer = "sgd"
-lr = 0.05
-momentum = 0.0
-
+{model_and_train}
 [tasks.click]
 auc = "higher"
 
 [tasks.dwell]
 mae = "lower"
 """
-SHARDED = """table_optimizer = "exact_sgd"
-table_lr = 0.05
-sharding = { user = "table_wise", item = "column_wise" }"""
+SHARDING = '{ user = "table_wise", item = "column_wise" }'
 
 
 def _data(folder: Path) -> dict[str, str]:
@@ -111,8 +93,8 @@ def _data(folder: Path) -> dict[str, str]:
 
 def _spec(folder: Path, data: dict[str, str], tables: str, batch: int = BATCH) -> Path:
     path = folder / f"{tables}.toml"
-    sharded = SHARDED if tables == "sharded" else ""
-    path.write_text(SPEC.format(**data, tables=tables, sharded=sharded, batch=batch))
+    sections = model_and_train(tables, SHARDING, batch=batch, eval_batch=500)
+    path.write_text(SPEC.format(**data, model_and_train=sections))
     return path
 
 
