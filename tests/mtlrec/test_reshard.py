@@ -9,10 +9,13 @@ the code under test), and so do the dense parameters, the dense optimizer's and 
 balancer's state and the RNG states; one step after a 2 -> 1 reshard equals one step of a
 1-process run given the saved state by hand. What cannot be resharded is refused.
 
-Planted bugs, each checked once against these tests: the saved shard's rows read one row off
-(``values[r - region[0] + 1 ...]``: every comparison of the tables fails); the fused state
-not resharded (left as the fresh zeros: the "fused" comparisons fail); rank 0's RNG for
-every rank (``rng = first["rng"]``: the 2 -> 2 test's rank 1 RNG fails)."""
+Planted bugs, each checked once against these tests (in ``_reshard_read``): the saved
+shards' offsets one row off (``shard["offsets"][0] + 1``): every load refuses (rows left
+uncovered), so every test using the jobs fails; with the coverage check also removed, every
+test comparing tables fails (2 -> 1, one step after, 2 -> 2, 1 -> 2). The fused state not
+resharded (left as the fresh zeros, coverage check off for it): the Adagrad and row-wise
+cases of 2 -> 1, 2 -> 2 and 1 -> 2 and the one-step test fail (SGD has no fused state).
+Rank 0's RNG for every rank: 2 -> 2 (both cases) and 1 -> 2 fail."""
 
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ ONE_SPLIT = {**ONE_WHOLE, "user": ["column_wise", [0, 0]]}
 SAVES: dict[str, dict[str, Any]] = {
     "adagrad": {"optimizer": "exact_adagrad", "plan": USER_SPLIT},
     "sgd": {"optimizer": "exact_sgd", "plan": WITH_REPLICATED},
-    "rowwise": {"optimizer": "exact_row_wise_adagrad", "plan": USER_WHOLE},
+    "rowwise": {"optimizer": "exact_row_wise_adagrad", "plan": USER_SPLIT},
 }
 # the loading jobs (2 processes): which save, the plan they load it into
 LOADS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -226,17 +229,20 @@ def world1(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize("name", sorted(SAVES))
 def test_2_to_1_loads_the_whole_saved_state(jobs: dict[str, Any], world1: Path, name: str) -> None:
-    """Saved by 2 processes (Adagrad: t_user's columns split over both ranks; SGD: a
-    data-parallel table, sharded now; row-wise Adagrad: tables on both ranks), loaded into
-    1 process whose planner puts every table whole on rank 0: every table, the fused state,
-    the dense parameters, Adam's and DB-MTL's state equal the saving run's, and the RNG is
-    saved rank 0's."""
+    """Saved by 2 processes (Adagrad, row-wise Adagrad: t_user's columns split over both
+    ranks, the other tables on either; SGD: a data-parallel table, sharded now), loaded into
+    1 process whose planner puts every table whole on rank 0 (row-wise Adagrad: t_user in
+    the same two column shards, both on rank 0): every table, the fused state, the dense
+    parameters, Adam's and DB-MTL's state equal the saving run's, and the RNG is saved rank
+    0's."""
     from _dmp_ckpt_worker import build, snapshot
 
     saved = jobs["saved"][name]
     optimizer = SAVES[name]["optimizer"]
     _assert_not_trivial(saved, optimizer)
-    run = build(_config(optimizer))  # planner, world 1: everything table_wise on rank 0
+    # the planner (world 1: every table whole on rank 0); row-wise Adagrad keeps one sum per
+    # row of each column shard, so t_user keeps its column split (two shards on rank 0)
+    run = build(_config(optimizer, plan=ONE_SPLIT if name == "rowwise" else None))
     fresh = snapshot(run)
     assert not torch.equal(fresh["tables"]["user"], saved["tables"]["user"])
     resumed = _load(run, jobs["ckpt"][name], reshard=True)
