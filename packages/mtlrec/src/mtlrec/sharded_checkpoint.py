@@ -1,7 +1,8 @@
 """Checkpoint and resume of a sharded run (TorchRec ``DistributedModelParallel``).
 
 :func:`save_sharded` writes, and :func:`load_sharded` restores, everything a run built with
-:func:`mtlrec.distributed.shard_model` needs to continue bit for bit on the same ranks:
+:func:`mtlrec.distributed.shard_model` needs to continue bit for bit on the same ranks (or,
+resharded, on another number of ranks or with another plan):
 
 - each rank's **table shards** and the dense parameters (``dmp.state_dict()``: the sharded
   tables as ``ShardedTensor`` whose ``local_shards()`` carry their offsets, the replicated
@@ -32,14 +33,23 @@ Loading refuses, on every rank at once (the ranks agree on the outcome before an
 restored, so none trains on while another failed), with a :class:`CheckpointError` naming
 the file and what to do:
 
-- a different world size or sharding plan (resume with the same number of processes and the
-  same plan: :func:`saved_plan` gives the saved one for ``shard_model(plan=...)``);
+- a different world size or sharding plan, unless ``reshard=True`` (otherwise: resume with
+  the same number of processes and the same plan — :func:`saved_plan` gives the saved one
+  for ``shard_model(plan=...)`` — or pass ``reshard=True``);
 - a rank file that is not the one the manifest names (its SHA-256 differs), damaged, or not
   data only;
 - a shard whose offsets or sizes, a table, a dense parameter or an optimizer state that does
   not match this run's model (a different model or optimizer).
 
-Resharding (loading at another world size or plan) is not supported.
+Resharding (``load_sharded(..., reshard=True)``) loads a checkpoint saved at another world
+size or with another plan: each rank fills its table shards, and every fused optimizer state
+tensor of them, from the overlapping regions of the saved shards (offsets and sizes from the
+manifest's plan and the rank files); the replicated state comes from rank 0's file, checked
+identical in every saved rank's. Refused there: another model (a table missing or of another
+shape), another fused optimizer, a row-wise optimizer state (row-wise Adagrad) whose table's
+column split changes, fused state that would have to be invented or dropped (a stateful fused
+optimizer on a table moving between data-parallel and sharded), a dense optimizer whose
+parameters changed. See :func:`load_sharded`.
 """
 
 from __future__ import annotations
