@@ -455,3 +455,39 @@ def test_what_cannot_be_resharded_is_refused(world1: Path) -> None:
         {f: s for f, s in SIZES.items() if f != "city"},
         r"only in the file \['embedding.ebc.embedding_bags.t_city.weight'\]",
     )
+
+
+def test_sharded_run_load_reshards(world1: Path) -> None:
+    """``ShardedRun.load`` (what mtlbench's sharded runs resume through) reshards: saved with
+    t_user in two column shards, loaded into the planner's whole tables, every table and
+    the Adagrad sums come back; ``extra`` is handed back."""
+    from _dmp_ckpt_worker import build, snapshot
+
+    from mtlrec.sharded_run import ShardedRun
+
+    config = _config("exact_adagrad", plan=ONE_SPLIT)
+    first = build(config)
+    _train(first, config, range(2))
+    ShardedRun(first.model, first.dmp).save(
+        world1 / "last",
+        step=2,
+        optimizer=first.optimizers["dense"],
+        balancer=first.balancer,
+        extra={"epoch": 1},
+    )
+    want = snapshot(first)
+    first.sync.close()
+    again = build(_config("exact_adagrad"))
+    assert (
+        len(again.dmp.state_dict()["embedding.ebc.embedding_bags.t_user.weight"].local_shards())
+        == 1
+    )  # the planner's plan: t_user whole, not in two column shards
+    extra = ShardedRun(again.model, again.dmp).load(
+        world1 / "last", optimizer=again.optimizers["dense"], balancer=again.balancer
+    )
+    assert extra == {"epoch": 1}
+    got = snapshot(again)
+    again.sync.close()
+    for part in ("tables", "fused", "dense", "balancer", "rng"):
+        _assert_identical(got[part], want[part], part)
+    _assert_identical(got["optimizers"]["dense"], want["optimizers"]["dense"], "dense")
