@@ -1139,6 +1139,17 @@ def _reshard_read(
                         rowwise,
                         f"{where}: fused state {name!r}",
                     )
+        if saved_rank == 0:  # keep only its replicated state: one file's shards at a time
+            first = {
+                **first,
+                "model": {
+                    k: {"sharded": v["sharded"]} if isinstance(v, Mapping) and "sharded" in v else v
+                    for k, v in first["model"].items()
+                },
+                "fused_optimizer": None,
+                "rng": None,
+            }
+            saved_model = first["model"]
         del state
 
     for piece in pieces:
