@@ -491,3 +491,38 @@ def test_sharded_run_load_reshards(world1: Path) -> None:
     for part in ("tables", "fused", "dense", "balancer", "rng"):
         _assert_identical(got[part], want[part], part)
     _assert_identical(got["optimizers"]["dense"], want["optimizers"]["dense"], "dense")
+
+
+def test_a_sharded_table_becoming_data_parallel_is_gathered_whole(world1: Path) -> None:
+    """EXACT_SGD (no fused state): t_user saved in two column shards and t_item table_wise,
+    loaded with t_item data-parallel (a whole replicated tensor, filled from the saved shard)
+    and t_user whole; the dense SGD of the new data-parallel table is fresh (the file has
+    none), so only the dense Adam is passed."""
+    from _dmp_ckpt_worker import build, snapshot
+
+    from mtlrec.sharded_checkpoint import load_sharded, save_sharded
+
+    config = _config("exact_sgd", plan=ONE_SPLIT)
+    first = build(config)
+    _train(first, config, range(2))
+    save_sharded(
+        world1 / "ckpt", first.dmp, step=2, optimizers=first.optimizers, balancer=first.balancer
+    )
+    want = snapshot(first)
+    first.sync.close()
+    again = build(_config("exact_sgd", plan={**ONE_WHOLE, "item": ["data_parallel"]}))
+    assert set(again.optimizers) == {"dense", "replicated"}
+    before = snapshot(again)["tables"]["item"]
+    load_sharded(
+        world1 / "ckpt",
+        again.dmp,
+        optimizers={"dense": again.optimizers["dense"]},
+        balancer=again.balancer,
+        reshard=True,
+    )
+    got = snapshot(again)
+    again.sync.close()
+    assert not torch.equal(before, want["tables"]["item"])
+    for part in ("tables", "dense", "balancer"):
+        _assert_identical(got[part], want[part], part)
+    assert got["fused"] == {} and want["fused"] == {}
