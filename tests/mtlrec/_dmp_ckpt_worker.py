@@ -6,9 +6,10 @@ under ``mtltrain.distributed.launch`` (RANK, WORLD_SIZE, MASTER_* from the envir
 Trains the sharded test model (tests/mtlrec/_sharded_common.py: TorchRec DMP, fused table
 optimizer, DenseGradSync, global_mean_losses, the split backward) for ``steps`` steps,
 saving a sharded checkpoint into ``ckpt`` every ``save_every`` steps; with ``resume`` it
-first loads the checkpoint there, if any. Each rank adds noise from its own torch RNG
-stream (seeded per rank) to its dwell targets, so a resumed run continues identically only
-if every rank's RNG state is restored — its own.
+first loads the checkpoint there, if any (with ``reshard``: ``load_sharded(...,
+reshard=True)``, a checkpoint of another world size or plan; tests/mtlrec/test_reshard.py).
+Each rank adds noise from its own torch RNG stream (seeded per rank) to its dwell targets, so
+a resumed run continues identically only if every rank's RNG state is restored — its own.
 
 ``kill``: ``{"rank": r, "after_step": s}`` SIGKILLs rank r after step s (after its save, if
 one falls there); ``{"rank": 0, "before_manifest": s}`` SIGKILLs rank 0 inside the save of
@@ -203,7 +204,13 @@ def main(argv: list[str]) -> None:
     first = 0
     at_resume = None
     if config.get("resume") and sc.has_sharded_checkpoint(ckpt):
-        resumed = sc.load_sharded(ckpt, run.dmp, optimizers=run.optimizers, balancer=run.balancer)
+        resumed = sc.load_sharded(
+            ckpt,
+            run.dmp,
+            optimizers=run.optimizers,
+            balancer=run.balancer,
+            reshard=bool(config.get("reshard")),
+        )
         assert resumed.extra == {"next_step": resumed.step}, resumed.extra
         first = resumed.step
         at_resume = snapshot(run)["tables"]

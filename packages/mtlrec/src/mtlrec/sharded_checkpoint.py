@@ -1,7 +1,8 @@
 """Checkpoint and resume of a sharded run (TorchRec ``DistributedModelParallel``).
 
 :func:`save_sharded` writes, and :func:`load_sharded` restores, everything a run built with
-:func:`mtlrec.distributed.shard_model` needs to continue bit for bit on the same ranks:
+:func:`mtlrec.distributed.shard_model` needs to continue bit for bit on the same ranks (or,
+resharded, on another number of ranks or with another plan):
 
 - each rank's **table shards** and the dense parameters (``dmp.state_dict()``: the sharded
   tables as ``ShardedTensor`` whose ``local_shards()`` carry their offsets, the replicated
@@ -32,14 +33,23 @@ Loading refuses, on every rank at once (the ranks agree on the outcome before an
 restored, so none trains on while another failed), with a :class:`CheckpointError` naming
 the file and what to do:
 
-- a different world size or sharding plan (resume with the same number of processes and the
-  same plan: :func:`saved_plan` gives the saved one for ``shard_model(plan=...)``);
+- a different world size or sharding plan, unless ``reshard=True`` (otherwise: resume with
+  the same number of processes and the same plan — :func:`saved_plan` gives the saved one
+  for ``shard_model(plan=...)`` — or pass ``reshard=True``);
 - a rank file that is not the one the manifest names (its SHA-256 differs), damaged, or not
   data only;
 - a shard whose offsets or sizes, a table, a dense parameter or an optimizer state that does
   not match this run's model (a different model or optimizer).
 
-Resharding (loading at another world size or plan) is not supported.
+Resharding (``load_sharded(..., reshard=True)``) loads a checkpoint saved at another world
+size or with another plan: each rank fills its table shards, and every fused optimizer state
+tensor of them, from the overlapping regions of the saved shards (offsets and sizes from the
+manifest's plan and the rank files); the replicated state comes from rank 0's file, checked
+identical in every saved rank's. Refused there: another model (a table missing or of another
+shape), another fused optimizer, a row-wise optimizer state (row-wise Adagrad) whose table's
+column split changes, fused state that would have to be invented or dropped (a stateful fused
+optimizer on a table moving between data-parallel and sharded), a dense optimizer whose
+parameters changed. See :func:`load_sharded`.
 """
 
 from __future__ import annotations
@@ -270,14 +280,15 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def _agree(error: str | None, what: str) -> None:
+def _agree(error: str | None, what: str, payload: Any = None) -> list[Any]:
     """Every rank learns whether any rank failed (one all-gather); then all raise, naming the
-    ranks and their errors (identical errors once), or none does."""
+    ranks and their errors (identical errors once), or none does. Returns every rank's
+    ``payload`` (plain values gathered with the errors)."""
     _, world = _world()
-    errors: list[str | None] = [None] * world
-    dist.all_gather_object(errors, error)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, (error, payload))
     by_message: dict[str, list[int]] = {}
-    for r, e in enumerate(errors):
+    for r, (e, _) in enumerate(gathered):
         if e is not None:
             by_message.setdefault(e, []).append(r)
     if by_message:
@@ -286,6 +297,7 @@ def _agree(error: str | None, what: str) -> None:
             for e, ranks in by_message.items()
         ]
         raise CheckpointError(f"{what}: " + " | ".join(parts))
+    return [p for _, p in gathered]
 
 
 # ---------------------------------------------------------------------- the plan
@@ -524,23 +536,114 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def _read_rank_file(directory: Path, manifest: Mapping[str, Any], saved_rank: int) -> dict:
+    """Saved rank ``saved_rank``'s file, read once as data only, checked against its own
+    SHA-256 trailer and the manifest's record of it."""
+    world = int(manifest["world"])
+    path = directory / manifest["save"] / _rank_file(saved_rank, world)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint in {directory} is incomplete")
+    state = load_file(path)  # checks the file's own SHA-256 trailer; data only
+    if _digest(path) != manifest["files"].get(path.name):
+        raise CheckpointError(
+            f"{path} is not the file the manifest {directory / MANIFEST} records (another "
+            "SHA-256): it was replaced or copied from another checkpoint"
+        )
+    if not isinstance(state, dict) or state.get("kind") != _KIND:
+        raise CheckpointError(f"{path} is not a rank file of an mtlrec sharded checkpoint")
+    if (state["rank"], state["world"], state["save"]) != (saved_rank, world, manifest["save"]):
+        raise CheckpointError(
+            f"{path} holds rank {state['rank']} of {state['world']} of save {state['save']}, "
+            f"not rank {saved_rank} of {world} of {manifest['save']}"
+        )
+    return state
+
+
+def _check_presence(
+    state: Mapping[str, Any],
+    optimizers: Mapping[str, Any],
+    balancer: Any,
+    problems: list[str],
+    *,
+    stateless_may_go: bool = False,
+) -> None:
+    """The dense optimizers and the balancer passed match those saved (by name; with
+    ``stateless_may_go``, a saved optimizer without per-parameter state may be left out)."""
+    saved = state["optimizers"]
+    missing = sorted(set(saved) - set(optimizers))
+    if stateless_may_go:
+        missing = [n for n in missing if saved[n].get("state")]
+    unknown = sorted(set(optimizers) - set(saved))
+    if missing or unknown:
+        problems.append(
+            f"dense optimizers: the file holds {sorted(saved)}, this call passes "
+            f"{sorted(optimizers)} (pass the same optimizers= names as at the save"
+            + (
+                "; when resharding, one that keeps no per-parameter state, e.g. plain SGD of a "
+                "data-parallel table that is sharded now, may be left out)"
+                if stateless_may_go
+                else ")"
+            )
+        )
+    if (balancer is None) != (state["balancer"] is None):
+        have = "holds" if state["balancer"] is not None else "holds no"
+        problems.append(
+            f"balancer: the file {have} balancer state; pass balancer= exactly when the save did"
+        )
+
+
 def load_sharded(
     directory: str | Path,
     dmp: nn.Module,
     *,
     optimizers: Mapping[str, _Stateful] | None = None,
     balancer: _Stateful | None = None,
+    reshard: bool = False,
 ) -> Resumed:
     """Restore what :func:`save_sharded` saved into ``directory`` (a collective: every rank
-    calls it, with the model built and sharded as in the saved run, before any step).
+    calls it, with the model built and sharded, before any step).
 
     ``optimizers`` and ``balancer`` must name the same objects as at the save (their state is
     loaded into them). Restores the table shards and dense parameters (``dmp.load_state_dict``),
-    the fused optimizer's state (``dmp.fused_optimizer.load_state_dict``), the dense
-    optimizers, the balancer and this rank's RNG states; returns the saved ``step`` and
-    ``extra``. Every rank first reads and checks its file; if any rank finds a problem (a
-    different world size or plan, a damaged or foreign file, a model or optimizer that does
-    not match), every rank raises :class:`CheckpointError` and nothing is restored."""
+    the fused optimizer's state (``dmp.fused_optimizer.load_state_dict``) and its kernels'
+    step counters, the dense optimizers, the balancer and the RNG states; returns the saved
+    ``step`` and ``extra``. Every rank first reads and checks what it needs; if any rank finds
+    a problem (a damaged or foreign file, a model or optimizer that does not match, ...), every
+    rank raises :class:`CheckpointError` and nothing is restored.
+
+    **Same world size and plan** (the default, ``reshard=False``): rank r reads only saved
+    rank r's file and restores it as it is — a checkpoint saved at another world size or with
+    another plan is refused (naming ``reshard=True`` and :func:`saved_plan`).
+
+    **Resharding** (``reshard=True``, used only when the world size or the plan differ): each
+    rank fills each of its local shards — the table's weights and every fused optimizer
+    state tensor of that table — from the overlapping regions of the saved shards (their
+    offsets and sizes in the manifest's plan and the rank files). Element-wise state (exact
+    Adagrad's ``momentum1``, Adam's two moments) has the weight's shape and is cut like it;
+    row-wise state (row-wise Adagrad: one value per row of each column shard, computed from
+    that shard's columns) is copied for overlapping rows of the *same* column range, so a
+    change of a table's column split is refused for it. The replicated state — the dense
+    parameters and data-parallel tables, the dense optimizers, the balancer, the step, the
+    fused kernels' step counters — comes from saved rank 0's file, after checking that every
+    saved rank's copy is identical (saved rank s is read, and compared, at least by loading
+    rank ``s % world``; the counters must be one value across every saved kernel: the
+    kernels group the tables differently after resharding). ``extra`` is rank 0's. Rank r
+    takes saved rank r's RNG states; a rank beyond the saved world keeps its own (as the
+    program seeded it before the load) — never another rank's, which would duplicate its
+    random stream. The global batch is split over another number of ranks, so a resharded run
+    is not bit-comparable to an uninterrupted one, only its state at the load is.
+    Refused: a table missing or of another shape, another model (other keys or shapes),
+    another fused optimizer (other state names or kinds), a row-wise state whose column split
+    changes, a table whose fused optimizer state would be invented or dropped (a stateful
+    fused optimizer on a table that moves between data-parallel and sharded), a dense
+    optimizer whose parameter groups changed (a data-parallel table moved in or out of it),
+    saved ranks whose replicated copies differ.
+
+    Memory (resharding): a loading rank reads each saved file it needs once, one at a time
+    (``load_file`` holds its bytes and its tensors: about twice the file), and stages its own
+    shards (weights and fused state) in a copy until every rank agreed, plus saved rank 0's
+    replicated state; it reads the files holding shards that overlap its own, rank 0's, its
+    own rank's (RNG) and those it checks (``s % world``)."""
     rank, world = _world()
     directory = Path(directory)
     fused = getattr(dmp, "fused_optimizer", None)
@@ -548,76 +651,67 @@ def load_sharded(
         raise TypeError(f"{type(dmp).__name__} has no fused_optimizer: pass the DMP itself")
     optimizers = dict(optimizers or {})
     error: str | None = None
+    resharded: _Resharded | None = None
     state: dict[str, Any] = {}
     model_target: dict[str, Any] = {}
     fused_target: dict[str, Any] = {}
     kernels: dict[str, Any] = {}
     try:
         manifest = _read_manifest(directory)
-        if manifest["world"] != world:
-            raise CheckpointError(
-                f"{directory} was saved by {manifest['world']} processes, this run has {world}: "
-                f"resume with the same number of processes (--nproc {manifest['world']}) and the "
-                "same sharding plan; loading into another world size (resharding) is not "
-                "supported"
-            )
         differences = _plan_differences(manifest["plan"], plan_summary(dmp))
-        if differences:
-            raise CheckpointError(
-                f"{directory} was saved with another sharding plan: "
-                + "; ".join(differences)
-                + ". Resume with the same plan: shard_model(model, plan=saved_plan(directory)) "
-                "(or the same sharding= constraints and number of processes); resharding is "
-                "not supported"
-            )
-        path = directory / manifest["save"] / _rank_file(rank, world)
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing: the checkpoint in {directory} is incomplete")
-        state = load_file(path)  # checks the file's own SHA-256 trailer; data only
-        if _digest(path) != manifest["files"].get(path.name):
-            raise CheckpointError(
-                f"{path} is not the file the manifest {directory / MANIFEST} records (another "
-                "SHA-256): it was replaced or copied from another checkpoint"
-            )
-        if not isinstance(state, dict) or state.get("kind") != _KIND:
-            raise CheckpointError(f"{path} is not a rank file of an mtlrec sharded checkpoint")
-        if (state["rank"], state["world"], state["save"]) != (rank, world, manifest["save"]):
-            raise CheckpointError(
-                f"{path} holds rank {state['rank']} of {state['world']} of save {state['save']}, "
-                f"not rank {rank} of {world} of {manifest['save']}"
-            )
-        problems: list[str] = []
-        model_target = dmp.state_dict()
-        _match(model_target, state["model"], "model", problems)
-        fused_target = fused.state_dict()
-        _match(fused_target, state["fused_optimizer"], "fused optimizer", problems)
-        kernels = _fused_kernels(fused)
-        if sorted(kernels) != sorted(state["fused_steps"]):
-            problems.append(
-                f"fused kernels: the file has {sorted(state['fused_steps'])}, this run "
-                f"{sorted(kernels)}"
-            )
-        if sorted(optimizers) != sorted(state["optimizers"]):
-            problems.append(
-                f"dense optimizers: the file holds {sorted(state['optimizers'])}, this call "
-                f"passes {sorted(optimizers)} (pass the same optimizers= names as at the save)"
-            )
-        if (balancer is None) != (state["balancer"] is None):
-            have = "holds" if state["balancer"] is not None else "holds no"
-            problems.append(
-                f"balancer: the file {have} balancer state; pass balancer= exactly when the "
-                "save did"
-            )
-        if problems:
-            raise CheckpointError(
-                f"{path} does not fit this run's model/optimizers (was it saved by another "
-                "model or optimizer?): " + "; ".join(problems)
-            )
+        if manifest["world"] != world or differences:
+            if not reshard:
+                if manifest["world"] != world:
+                    raise CheckpointError(
+                        f"{directory} was saved by {manifest['world']} processes, this run has "
+                        f"{world}: resume with the same number of processes (--nproc "
+                        f"{manifest['world']}) and the same sharding plan, or load it with "
+                        "load_sharded(..., reshard=True) to reshard it onto this run's ranks"
+                    )
+                raise CheckpointError(
+                    f"{directory} was saved with another sharding plan: "
+                    + "; ".join(differences)
+                    + ". Resume with the same plan: shard_model(model, plan=saved_plan(directory)) "
+                    "(or the same sharding= constraints and number of processes), or load it with "
+                    "load_sharded(..., reshard=True) to reshard it onto this plan"
+                )
+            resharded = _reshard_read(directory, manifest, dmp, fused, optimizers, balancer)
+        else:
+            state = _read_rank_file(directory, manifest, rank)
+            path = directory / manifest["save"] / _rank_file(rank, world)
+            problems: list[str] = []
+            model_target = dmp.state_dict()
+            _match(model_target, state["model"], "model", problems)
+            fused_target = fused.state_dict()
+            _match(fused_target, state["fused_optimizer"], "fused optimizer", problems)
+            kernels = _fused_kernels(fused)
+            if sorted(kernels) != sorted(state["fused_steps"]):
+                problems.append(
+                    f"fused kernels: the file has {sorted(state['fused_steps'])}, this run "
+                    f"{sorted(kernels)}"
+                )
+            _check_presence(state, optimizers, balancer, problems)
+            if problems:
+                raise CheckpointError(
+                    f"{path} does not fit this run's model/optimizers (was it saved by another "
+                    "model or optimizer?): " + "; ".join(problems)
+                )
     except (CheckpointError, OSError) as e:  # (FileNotFoundError: no manifest, ...)
         error = str(e)
     except Exception as e:  # every rank must reach the agreement below, whatever failed
         error = f"{type(e).__name__}: {e}"
-    _agree(error, "cannot resume")
+    counters = _agree(error, "cannot resume", sorted(resharded.counters) if resharded else [])
+
+    if resharded is not None:
+        every = sorted({c for mine in counters for c in mine})
+        if len(every) > 1:  # (every rank saw the same gathered values: all raise)
+            raise CheckpointError(
+                f"cannot resume: {directory}'s fused kernels saved different step counters "
+                f"{every}; resharding regroups the tables into other kernels, which need one"
+            )
+        resharded.apply(dmp, fused, optimizers, balancer, every[0] if every else None)
+        dist.barrier()
+        return Resumed(step=resharded.step, extra=resharded.extra, path=resharded.path)
 
     # TorchRec's own load paths (the local shards copied into the tables and into the fused
     # kernel's state), given this run's state dicts filled with the saved values
@@ -633,4 +727,457 @@ def load_sharded(
     dist.barrier()
     return Resumed(
         step=int(state["step"]), extra=dict(state["extra"]), path=directory / state["save"]
+    )
+
+
+# ---------------------------------------------------------------------- resharding
+Region = tuple[int, int, int, int]
+"""A block of a table: first row, first column, rows, columns."""
+
+
+@dataclass
+class _Piece:
+    """One of this rank's shards to fill — a table's weight (``state`` None) or one fused
+    optimizer state tensor of it — staged in ``staged`` until every rank agreed. ``region``
+    is where it lies in the table; a row-wise state (``rowwise``) holds one value per row of
+    that region."""
+
+    key: str
+    state: str | None
+    region: Region
+    rowwise: bool
+    target: Tensor
+    staged: Tensor
+    covered: int = 0
+
+    def where(self) -> str:
+        what = f"model[{self.key!r}]" if self.state is None else f"fused state {self.state!r}"
+        r, c, n, d = self.region
+        return f"{what} rows {r}-{r + n - 1}, columns {c}-{c + d - 1}"
+
+
+def _overlap(a: Region, b: Region) -> Region | None:
+    r0, r1 = max(a[0], b[0]), min(a[0] + a[2], b[0] + b[2])
+    c0, c1 = max(a[1], b[1]), min(a[1] + a[3], b[1] + b[3])
+    return (r0, c0, r1 - r0, c1 - c0) if r1 > r0 and c1 > c0 else None
+
+
+def _rowwise_regions(shards: list[tuple[list[int], list[int]]], rows: int, cols: int) -> dict:
+    """Where TorchRec (1.9, ``EmbeddingFusedOptimizer``) puts a row-wise optimizer state
+    (one value per row of a shard) in its 1-d sharded tensor: a shard's state starts at the
+    shard's first row, or, when the table's columns are split (column-wise), at
+    ``i * rows`` for the i-th shard by column offset. -> state offset -> the table region."""
+    split_columns = any(s[1] != cols for _, s in shards)
+    if split_columns and any(s[0] != rows for _, s in shards):
+        raise CheckpointError(
+            "a table split by rows and columns at once (grid sharding): its row-wise optimizer "
+            "state cannot be resharded"
+        )
+    if split_columns:
+        ordered = sorted(shards, key=lambda shard: shard[0][1])
+        return {i * rows: (0, o[1], rows, s[1]) for i, (o, s) in enumerate(ordered)}
+    return {o[0]: (o[0], 0, s[0], cols) for o, s in shards}
+
+
+def _plan_entries(plan: Mapping[str, Any], keys: Any) -> dict[str, Mapping[str, Any]]:
+    """State-dict key of a table's weight (``embedding.ebc.embedding_bags.t_user.weight``) ->
+    its entry in a plan summary (``embedding.ebc.t_user``)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for name, entry in plan.items():
+        module, _, param = name.rpartition(".")
+        for key in keys:
+            if key.startswith(f"{module}.") and key.endswith(f".{param}.weight"):
+                out[key] = entry
+    return out
+
+
+def _placement_rank(placement: str) -> int:
+    return int(str(placement).split("/")[0].split(":")[1])  # "rank:1/cpu" -> 1
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Bit-for-bit equality of saved values (tensors, dicts, lists, plain values; NaN equals
+    NaN)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (
+            isinstance(a, Tensor)
+            and isinstance(b, Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and (torch.equal(a, b) or bool(torch.isclose(a, b, 0, 0, equal_nan=True).all()))
+        )
+    if isinstance(a, Mapping):
+        return isinstance(b, Mapping) and set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return (
+            isinstance(b, list | tuple)
+            and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return bool(a == b)
+
+
+@dataclass
+class _Resharded:
+    """What a rank read and staged for a resharded load, applied once every rank agreed."""
+
+    pieces: list[_Piece]
+    replicated: dict[str, Tensor]  # model key -> rank 0's saved value (dense, data-parallel)
+    model_target: dict[str, Any]
+    fused_target: dict[str, Any]
+    optimizers: dict[str, Any]  # name -> saved state_dict (rank 0's)
+    balancer: Any
+    rng: Any  # saved rank r's RNG states, or None (a rank beyond the saved world)
+    counters: set[int]
+    step: int
+    extra: dict[str, Any]
+    path: Path
+
+    @torch.no_grad()
+    def apply(
+        self,
+        dmp: nn.Module,
+        fused: Any,
+        optimizers: Mapping[str, _Stateful],
+        balancer: _Stateful | None,
+        counter: int | None,
+    ) -> None:
+        for piece in self.pieces:
+            piece.target.copy_(piece.staged)
+        for key, value in self.replicated.items():
+            self.model_target[key].copy_(value)
+        dmp.load_state_dict(self.model_target)
+        fused.load_state_dict(self.fused_target)
+        if counter is not None:
+            for kernel in _fused_kernels(fused).values():
+                kernel.set_optimizer_step(counter)
+        for name, opt in optimizers.items():
+            opt.load_state_dict(self.optimizers[name])
+        if balancer is not None:
+            balancer.load_state_dict(self.balancer)
+        if self.rng is not None:
+            set_rng_state(self.rng)
+
+
+def _copy_overlaps(
+    pieces: list[_Piece], region: Region, values: Tensor, rowwise: bool, where: str
+) -> None:
+    """Copy the saved block ``values`` (lying at ``region`` of the table) into the parts of
+    ``pieces`` it overlaps."""
+    for piece in pieces:
+        if piece.rowwise != rowwise:
+            raise CheckpointError(
+                f"{where}: the checkpoint holds a {'row-wise' if rowwise else 'element-wise'} "
+                f"state, this run a {'row-wise' if piece.rowwise else 'element-wise'} one "
+                "(another fused optimizer: resume with the saved one)"
+            )
+        if values.dtype != piece.staged.dtype:
+            raise CheckpointError(
+                f"{where}: the checkpoint holds {values.dtype}, this run {piece.staged.dtype}"
+            )
+        both = _overlap(piece.region, region)
+        if both is None:
+            continue
+        r, c, n, d = both
+        if rowwise:
+            if (piece.region[1], piece.region[3]) != (region[1], region[3]):
+                raise CheckpointError(
+                    f"{where}: a row-wise optimizer state (one value per row of each column "
+                    f"shard, from that shard's columns) saved for columns {region[1]}-"
+                    f"{region[1] + region[3] - 1}, needed for columns {piece.region[1]}-"
+                    f"{piece.region[1] + piece.region[3] - 1}: the table's column split "
+                    "changed, which this state cannot follow; keep its column split (or its "
+                    "sharding type)"
+                )
+            piece.staged[r - piece.region[0] : r - piece.region[0] + n] = values[
+                r - region[0] : r - region[0] + n
+            ]
+            piece.covered += n
+        else:
+            piece.staged[
+                r - piece.region[0] : r - piece.region[0] + n,
+                c - piece.region[1] : c - piece.region[1] + d,
+            ] = values[r - region[0] : r - region[0] + n, c - region[1] : c - region[1] + d]
+            piece.covered += n * d
+
+
+def _reshard_read(
+    directory: Path,
+    manifest: Mapping[str, Any],
+    dmp: nn.Module,
+    fused: Any,
+    optimizers: Mapping[str, Any],
+    balancer: Any,
+) -> _Resharded:
+    """Read the saved files this rank needs (each once) and stage this rank's shards from
+    the overlapping saved ones (see :func:`load_sharded`); raise CheckpointError on what
+    cannot be resharded. Restores nothing."""
+    rank, world = _world()
+    saved_world = int(manifest["world"])
+    model_target = dmp.state_dict()
+    fused_target = fused.state_dict()
+    fused_state: Mapping[str, Any] = fused_target.get("state", {})
+
+    # this rank's pieces: the sharded tables' local shards and their fused state
+    pieces: list[_Piece] = []
+    for key, value in model_target.items():
+        if _is_sharded(value):
+            if len(value.size()) != 2:
+                raise CheckpointError(
+                    f"model[{key!r}] is a sharded tensor of {len(value.size())} dimensions: "
+                    "resharding handles tables (2 dimensions) only"
+                )
+            for s in value.local_shards():
+                o, n = s.metadata.shard_offsets, s.metadata.shard_sizes
+                region: Region = (o[0], o[1], n[0], n[1])
+                staged = torch.empty(s.tensor.shape, dtype=s.tensor.dtype)
+                pieces.append(_Piece(key, None, region, False, s.tensor, staged))
+    for key, named in fused_state.items():
+        weight: Any = model_target.get(key)
+        if not _is_sharded(weight):
+            raise CheckpointError(
+                f"the fused optimizer holds state for {key!r}, which is no sharded table of "
+                "this model: resharding cannot place it"
+            )
+        rows, cols = weight.size()
+        table = [
+            (list(m.shard_offsets), list(m.shard_sizes)) for m in weight.metadata().shards_metadata
+        ]
+        for name, value in named.items():
+            if not _is_sharded(value) or len(value.size()) not in (1, 2):
+                raise CheckpointError(
+                    f"fused state {name!r} of {key!r} is {_describe(value)}: resharding handles "
+                    "element-wise (the weight's shape) and row-wise (1-d) optimizer state only"
+                )
+            rowwise = len(value.size()) == 1
+            if not rowwise and list(value.size()) != [rows, cols]:
+                raise CheckpointError(
+                    f"fused state {name!r} of {key!r} is {list(value.size())}, not the table's "
+                    f"{[rows, cols]}: resharding cannot place it"
+                )
+            layout = _rowwise_regions(table, rows, cols) if rowwise else {}
+            for s in value.local_shards():
+                offsets, sizes = list(s.metadata.shard_offsets), list(s.metadata.shard_sizes)
+                if rowwise:
+                    found = layout.get(offsets[0])
+                    if found is None or found[2] != sizes[0]:
+                        raise CheckpointError(
+                            f"fused state {name!r} of {key!r}: a row-wise shard at {offsets} "
+                            f"{sizes} that matches no shard of the table {table}"
+                        )
+                    region = found
+                else:
+                    region = (offsets[0], offsets[1], sizes[0], sizes[1])
+                staged = torch.empty(s.tensor.shape, dtype=s.tensor.dtype)
+                pieces.append(_Piece(key, name, region, rowwise, s.tensor, staged))
+    by_target: dict[tuple[str, str | None], list[_Piece]] = {}
+    for piece in pieces:
+        by_target.setdefault((piece.key, piece.state), []).append(piece)
+
+    # saved rank 0 first: the replicated state, and where the model's entries were saved
+    first = _read_rank_file(directory, manifest, 0)
+    where0 = directory / manifest["save"] / _rank_file(0, saved_world)
+    if first["step"] != manifest["step"]:
+        raise CheckpointError(
+            f"{where0} holds step {first['step']}, the manifest {manifest['step']}"
+        )
+    saved_model: Mapping[str, Any] = first["model"]
+    problems: list[str] = []
+    missing, unknown = (
+        sorted(set(model_target) - set(saved_model)),
+        sorted(set(saved_model) - set(model_target)),
+    )
+    if missing or unknown:
+        problems.append(f"model: entries only in this run {missing}, only in the file {unknown}")
+    replicated: dict[str, Tensor] = {}
+    for key in sorted(set(model_target) & set(saved_model)):
+        mine, saved = model_target[key], saved_model[key]
+        my_size = list(mine.size()) if _is_sharded(mine) else list(mine.shape)
+        saved_sharded = isinstance(saved, Mapping) and "sharded" in saved
+        saved_size = list(saved["sharded"]) if saved_sharded else list(getattr(saved, "shape", []))
+        if my_size != saved_size or not (saved_sharded or isinstance(saved, Tensor)):
+            problems.append(
+                f"model[{key!r}]: this run has {_describe(mine)}, the file {_describe(saved)}"
+            )
+        elif not _is_sharded(mine):
+            if not saved_sharded:
+                if saved.dtype != mine.dtype:
+                    problems.append(
+                        f"model[{key!r}]: this run has {mine.dtype}, the file {saved.dtype}"
+                    )
+                replicated[key] = saved
+            elif len(my_size) != 2:
+                problems.append(f"model[{key!r}]: a sharded {my_size} is replicated now")
+            else:  # a sharded table that is data-parallel now: gathered whole
+                staged = torch.empty(mine.shape, dtype=mine.dtype)
+                piece = _Piece(key, None, (0, 0, *my_size), False, mine, staged)
+                pieces.append(piece)
+                by_target.setdefault((key, None), []).append(piece)
+    _check_presence(first, optimizers, balancer, problems, stateless_may_go=True)
+    for name, opt in optimizers.items():
+        saved_groups = first["optimizers"].get(name, {}).get("param_groups")
+        if saved_groups is None:
+            continue
+        have = [len(g["params"]) for g in opt.state_dict()["param_groups"]]
+        had = [len(g["params"]) for g in saved_groups]
+        if have != had:
+            problems.append(
+                f"dense optimizer {name!r}: parameters per group {had} in the file, {have} now "
+                "(a data-parallel table moved in or out of it with the new plan?): its state "
+                "cannot be loaded"
+            )
+    if problems:
+        raise CheckpointError(
+            f"{where0} does not fit this run's model/optimizers (was it saved by another "
+            "model or optimizer?): " + "; ".join(problems)
+        )
+
+    # the files to read: holding shards that overlap this rank's, 0, this rank's, checked
+    saved_plan = manifest["plan"]
+    entries = _plan_entries(saved_plan, {p.key for p in pieces})
+    needed = {0, *range(rank, saved_world, world)}
+    if rank < saved_world:
+        needed.add(rank)
+    for piece in pieces:
+        entry = entries.get(piece.key)
+        if isinstance(saved_model.get(piece.key), Tensor):
+            continue  # replicated in the checkpoint: rank 0's copy
+        if entry is None or entry["shards"] is None:
+            needed.update(range(saved_world))  # (not in the plan: look everywhere)
+            continue
+        for o, s, placement in entry["shards"]:
+            if _overlap(piece.region, (o[0], o[1], s[0], s[1])) is not None:
+                needed.add(_placement_rank(placement))
+
+    rng = None
+    counters: set[int] = set()
+    for saved_rank in sorted(needed):
+        state = first if saved_rank == 0 else _read_rank_file(directory, manifest, saved_rank)
+        where = directory / manifest["save"] / _rank_file(saved_rank, saved_world)
+        if saved_rank != 0:
+            for what in ("step", "optimizers", "balancer"):
+                if not _same(state[what], first[what]):
+                    raise CheckpointError(
+                        f"{where}: its {what} differs from rank 0's: the saved ranks were not "
+                        "in step, so there is no one replicated state to reshard"
+                    )
+            for key, value in state["model"].items():
+                if isinstance(value, Tensor) and not _same(value, saved_model.get(key)):
+                    raise CheckpointError(
+                        f"{where}: its replicated model[{key!r}] differs from rank 0's: the "
+                        "saved ranks were not in step, so there is no one value to reshard"
+                    )
+        if saved_rank == rank:
+            rng = state["rng"]
+        counters.update(int(v) for v in state["fused_steps"].values())
+        # the weights
+        for key, value in state["model"].items():
+            targets = by_target.get((key, None))
+            if not targets:
+                continue
+            if isinstance(value, Mapping) and "sharded" in value:
+                for shard in value["shards"]:
+                    region = (*shard["offsets"], *shard["sizes"])
+                    _copy_overlaps(
+                        targets, region, shard["tensor"], False, f"{where}: model[{key!r}]"
+                    )
+            elif saved_rank == 0 and isinstance(value, Tensor):
+                _copy_overlaps(
+                    targets, (0, 0, *value.shape), value, False, f"{where}: model[{key!r}]"
+                )
+        # the fused optimizer's state
+        for key, named in state["fused_optimizer"].get("state", {}).items():
+            if not named:
+                continue
+            if key not in fused_state:
+                if _is_sharded(model_target.get(key)):
+                    continue  # sharded in this run too, with no shard on this rank
+                raise CheckpointError(
+                    f"{where}: fused optimizer state {sorted(named)} of {key!r}, which has none "
+                    "in this run (a table that is data-parallel now, or another fused optimizer): "
+                    "resharding would drop it; keep the table sharded, or save with a fused "
+                    "optimizer without state (exact_sgd)"
+                )
+            if set(named) != set(fused_state[key]):
+                raise CheckpointError(
+                    f"{where}: the fused optimizer state of {key!r} is {sorted(named)} in the "
+                    f"file, {sorted(fused_state[key])} in this run: another fused optimizer "
+                    "(resume with the saved one)"
+                )
+            table_entry = entries.get(key) or _plan_entries(saved_plan, [key]).get(key)
+            for name, packed in named.items():
+                rowwise = len(packed["sharded"]) == 1
+                layout = {}
+                if rowwise:
+                    if table_entry is None or table_entry["shards"] is None:
+                        raise CheckpointError(
+                            f"{where}: row-wise state {name!r} of {key!r}, a table the "
+                            "manifest's plan does not shard"
+                        )
+                    rows, cols = saved_model[key]["sharded"]
+                    layout = _rowwise_regions(
+                        [(o, s) for o, s, _ in table_entry["shards"]], rows, cols
+                    )
+                for shard in packed["shards"]:
+                    if rowwise:
+                        found = layout.get(shard["offsets"][0])
+                        if found is None or found[2] != shard["sizes"][0]:
+                            raise CheckpointError(
+                                f"{where}: row-wise state {name!r} of {key!r} at "
+                                f"{shard['offsets']} {shard['sizes']} matches no shard of the "
+                                "manifest's plan"
+                            )
+                        region = found
+                    else:
+                        region = (*shard["offsets"], *shard["sizes"])
+                    _copy_overlaps(
+                        by_target.get((key, name), []),
+                        region,
+                        shard["tensor"],
+                        rowwise,
+                        f"{where}: fused state {name!r}",
+                    )
+        if saved_rank == 0:  # keep only its replicated state: one file's shards at a time
+            first = {
+                **first,
+                "model": {
+                    k: {"sharded": v["sharded"]} if isinstance(v, Mapping) and "sharded" in v else v
+                    for k, v in first["model"].items()
+                },
+                "fused_optimizer": None,
+                "rng": None,
+            }
+            saved_model = first["model"]
+        del state
+
+    for piece in pieces:
+        if piece.covered != piece.staged.numel():
+            was = entries.get(piece.key)
+            hint = ""
+            if piece.state is not None and was is not None and was["shards"] is None:
+                hint = (
+                    ": the table was data-parallel in the checkpoint (updated by a dense "
+                    "optimizer), so it has no fused optimizer state to load; keep it "
+                    "data-parallel, or use a fused optimizer without state (exact_sgd)"
+                )
+            elif piece.state is not None:
+                hint = ": the checkpoint holds no such state for it (another fused optimizer?)"
+            raise CheckpointError(
+                f"{directory}: {piece.where()} is covered by {piece.covered} of its "
+                f"{piece.staged.numel()} values in the checkpoint{hint}"
+            )
+    return _Resharded(
+        pieces=pieces,
+        replicated=replicated,
+        model_target=model_target,
+        fused_target=fused_target,
+        optimizers={n: first["optimizers"][n] for n in optimizers},
+        balancer=first["balancer"],
+        rng=rng,
+        counters=counters,
+        step=int(first["step"]),
+        extra=dict(first["extra"]),
+        path=directory / manifest["save"],
     )

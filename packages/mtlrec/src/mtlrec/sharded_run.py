@@ -82,11 +82,17 @@ class ShardedRun:
         )
 
     def load(self, directory: Path, *, optimizer: Any, balancer: Any) -> dict[str, Any]:
+        """Restore the checkpoint in ``directory``; one saved with another number of
+        processes or another plan is resharded onto this run's (``load_sharded(...,
+        reshard=True)``: the tables, their fused state and the replicated state as saved;
+        refused, on every rank, when it cannot be, e.g. a data-parallel table that moved in
+        or out of the dense optimizer)."""
         resumed = load_sharded(
             directory,
             self.dmp,
             optimizers=None if optimizer is None else {_DENSE: optimizer},
             balancer=balancer,
+            reshard=True,
         )
         return resumed.extra
 
