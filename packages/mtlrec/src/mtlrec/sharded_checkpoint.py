@@ -504,18 +504,7 @@ def saved_extra(directory: str | Path, rank: int = 0) -> dict[str, Any]:
     world = int(manifest["world"])
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not a rank of {directory}'s {world}-process save")
-    path = directory / manifest["save"] / _rank_file(rank, world)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the checkpoint in {directory} is incomplete")
-    if _digest(path) != manifest["files"].get(path.name):
-        raise CheckpointError(
-            f"{path} is not the file the manifest {directory / MANIFEST} records (another "
-            "SHA-256): it was replaced or copied from another checkpoint"
-        )
-    state = load_file(path)
-    if not isinstance(state, dict) or state.get("kind") != _KIND:
-        raise CheckpointError(f"{path} is not a rank file of an mtlrec sharded checkpoint")
-    return dict(state["extra"])
+    return dict(_read_rank_file(directory, manifest, rank)["extra"])
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
