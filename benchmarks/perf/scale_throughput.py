@@ -8,11 +8,17 @@ rank's ``ShardedParquetLoader`` (its share of the row groups, streamed). The loa
 measured on its own (rows/s per rank); the timed training steps read batches already
 streamed into memory, so examples/s is training only.
 
-One step on every rank: DMP forward (the tables' all-to-all), ``global_mean_losses`` (one
-all-reduce of T + 1 floats), ``balancer.backward`` with ``DenseGradSync`` (every backward's
-dense gradients summed across ranks: EW one, exact DB-MTL with the loop engine T), then
-``model.backward_tables()`` (the one backward into the tables, fused update) and the dense
-optimizer step. examples/s = global batch × timed steps / rank 0's wall time (after a
+One step on every rank, ``--path balancer`` (the way, default): DMP forward (the tables'
+all-to-all), ``balancer.backward`` on the rank's LOCAL mean losses with
+``Balancer(tables=[model.table_frontier()], process_group="world")`` (its reduce stage
+averages the T losses and what the method reads, in a few bucketed all-reduces after the
+backwards: EW the one combined gradient, exact DB-MTL the T rows; the per-rank frontier's
+gradient is scaled locally, one float64 norm crosses), then ``model.backward_tables()`` (the
+one backward into the tables, fused update) and the dense optimizer step. ``--path sync``
+(the older alternative): ``global_mean_losses`` (one all-reduce of T + 1 floats) and a
+one-process balancer with ``DenseGradSync`` (every backward's dense gradients summed across
+ranks inside the backward: EW one, exact DB-MTL with the loop engine T, the probe mode one
+more small one per task). examples/s = global batch × timed steps / rank 0's wall time (after a
 barrier). Bytes per step: every tensor handed to ``torch.distributed`` collectives
 (all_reduce, all_to_all_single, all_gather*, reduce_scatter*, broadcast) is counted by a
 wrapper around those functions — what THIS rank sends, by kind, averaged over the timed steps.
@@ -41,6 +47,12 @@ import torch.distributed as dist
 from _common import command, machine
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "scale"
+PATHS = {
+    "balancer": "Balancer(tables=[model.table_frontier()], process_group='world') on local "
+    "mean losses: the Balancer's reduce stage, after the backwards (no DenseGradSync).",
+    "sync": "global_mean_losses + DenseGradSync (the older alternative): a one-process "
+    "balancer, every dense backward all-reduced inside it.",
+}
 ARCHS = {
     "mmoe": {"num_experts": 4, "expert": (128, 64), "tower": (32,)},
     "ple": {"num_levels": 2, "shared_experts": 2, "task_experts": 1, "expert": (128, 64),
@@ -158,6 +170,8 @@ def _time_run(
         replicated_table_parameters,
         shard_model,
     )
+
+    through_balancer = args.path == "balancer"
     from mtlrec.metrics import task_loss
     from mtlrec.models import make_model, meta_tables
 
@@ -180,9 +194,14 @@ def _time_run(
     dense = model.dense_shared_parameters()
     towers = [p for m in model.task_parameters().values() for p in m.parameters()]
     replicated = replicated_table_parameters(model)
-    sync = DenseGradSync([*dense, *towers]) if world > 1 else None
+    sync = DenseGradSync([*dense, *towers]) if world > 1 and not through_balancer else None
     balancer = mtlbalance.make(
-        method, dense, model.task_parameters(), engine="loop", tables=[model.table_frontier()]
+        method,
+        dense,
+        model.task_parameters(),
+        engine=args.engine,
+        tables=[model.table_frontier()],
+        process_group="world" if world > 1 and through_balancer else None,
     )
     opt = torch.optim.Adam([*dense, *towers, *replicated], lr=1e-3)
     losses_fn = {t: task_loss(k) for t, k in kinds.items()}
@@ -190,7 +209,9 @@ def _time_run(
     def step(inputs: Any, targets: dict[str, torch.Tensor]) -> None:
         _, preds = dmp(inputs)
         local = {t: losses_fn[t](preds[t], targets[t]) for t in kinds}
-        losses = global_mean_losses(local, count=inputs.batch_size)
+        losses = local
+        if world > 1 and not through_balancer:
+            losses = global_mean_losses(local, count=inputs.batch_size)
         opt.zero_grad(set_to_none=True)
         balancer.backward(losses)
         model.backward_tables()
@@ -235,6 +256,7 @@ def _launch(args: argparse.Namespace, world: int, data: Path, tmp: Path) -> list
         "--batch", str(args.batch), "--dim", str(args.dim), "--steps", str(args.steps),
         "--warmup", str(args.warmup), "--archs", args.archs, "--methods", args.methods,
         "--threads", str(args.threads), "--sharding", args.sharding,
+        "--path", args.path, "--engine", args.engine,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(args.threads)}
     procs = [
@@ -272,6 +294,14 @@ def main() -> None:
     p.add_argument("--archs", default="mmoe,ple")
     p.add_argument("--methods", default="ew,dbmtl,dbmtl_probe,dbmtl_periodic")
     p.add_argument("--sharding", default="table_wise")
+    p.add_argument(
+        "--path",
+        default="balancer",
+        choices=("balancer", "sync"),
+        help="balancer: Balancer(process_group='world') (the way); sync: the older "
+        "global_mean_losses + DenseGradSync",
+    )
+    p.add_argument("--engine", default="loop", help="the balancer's engine (sync: loop only)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--data", default=None, help="reuse a log written by an earlier run")
@@ -375,11 +405,14 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace, worlds: list[int
         f"conversion, dwell) in {args.files} Parquet files, row groups of {args.row_group:,}; "
         f"each rank streams its row groups. Global batch {args.batch} (split over the ranks), "
         f"{args.steps} timed steps after {args.warmup} warm-up; tables {args.sharding}, "
-        f"fused EXACT_ADAGRAD; dense Adam; {args.threads} torch thread(s) per process.",
+        f"fused EXACT_ADAGRAD; dense Adam; {args.threads} torch thread(s) per process; "
+        f"engine {args.engine}.",
+        "",
+        f"Path: {PATHS[args.path]}",
         "",
         "Bytes per step: what rank 0 hands to torch.distributed collectives (counted by a "
         "wrapper), averaged over the timed steps; all_reduce = the task losses + the dense "
-        "gradients (DenseGradSync), all_to_all_single = TorchRec's table lookups (ids forward, "
+        "gradients, all_to_all_single = TorchRec's table lookups (ids forward, "
         "pooled embeddings forward and their gradients backward).",
         "",
     ]
@@ -415,20 +448,23 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace, worlds: list[int
                 continue
             p, q = v["dense_shared_params"], v["task_params"]
             t = 3  # click, conversion, dwell
-            want = 4 * (_reduced_values(label, v, p, t, args) + q + t + 1)
+            # sync: + the row count of global_mean_losses; balancer: + the frontier's
+            # squared norm, one float64 (2 × 4 B)
+            extra = 1 if args.path == "sync" else 2
+            want = 4 * (_reduced_values(label, v, p, t, args) + q + t + extra)
             got = v["bytes_per_step_rank0"].get("all_reduce", 0.0)
             checks.append(f"{label}, {w} proc: {got:,.0f} counted, {want:,.0f} from shapes")
     if checks:
         lines += [
             "",
-            "all_reduce bytes against the shapes, 4 B × (S + P_towers + T + 1): S the shared "
-            "values whose gradients DenseGradSync sums, P_shared for EW (one backward), "
+            "all_reduce bytes against the shapes, 4 B × (S + P_towers + T + 1) (sync) or "
+            "4 B × (S + P_towers + T + 2) (balancer): S the shared values whose gradients "
+            "are reduced, P_shared for EW, "
             "T·P_shared for exact DB-MTL (loop engine), T·P_probe + P_shared for the probe "
             "mode (the T probe backwards, then the one weighted backward), and for the "
             "periodic mode T·P_shared on its exact steps, P_shared between (averaged over the "
-            "timed steps); plus the tower gradients, the T losses and the row count: "
-            + "; ".join(checks)
-            + ".",
+            "timed steps); plus the tower gradients, the T losses and the row count (sync) "
+            "or the frontier's norm (balancer): " + "; ".join(checks) + ".",
         ]
     loader = res.get("_loader_rows_per_s", {})
     if loader:
