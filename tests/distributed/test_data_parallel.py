@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _identical import assert_identical
+
 from mtltrain import distributed
 
 WORKER = Path(__file__).with_name("_worker.py")
@@ -85,22 +88,6 @@ def _assert_params_close(got: dict, want: dict, what: str) -> None:
             )
 
 
-def _assert_identical(a: object, b: object, where: str) -> None:
-    """Bit for bit (every rank must hold the same state, not nearly the same)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{where} differs across ranks"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 @pytest.mark.parametrize("method", ALL)
 def test_two_processes_equal_one_process(runs: dict[str, Path], method: str) -> None:
     want = _load(runs["single"], method, 0)
@@ -114,9 +101,9 @@ def test_two_processes_equal_one_process(runs: dict[str, Path], method: str) -> 
 @pytest.mark.parametrize("method", ALL)
 def test_ranks_hold_identical_state(runs: dict[str, Path], method: str) -> None:
     r0, r1 = _load(runs["plain"], method, 0), _load(runs["plain"], method, 1)
-    _assert_identical(r0["balancer"], r1["balancer"], f"{method} balancer state")
-    _assert_identical(r0["params"], r1["params"], f"{method} parameters")
-    _assert_identical(r0["stats"], r1["stats"], f"{method} stats")
+    assert_identical(r0["balancer"], r1["balancer"], f"{method} balancer state")
+    assert_identical(r0["params"], r1["params"], f"{method} parameters")
+    assert_identical(r0["stats"], r1["stats"], f"{method} stats")
 
 
 @pytest.mark.parametrize("method", ["dbmtl", "ew"])
@@ -143,7 +130,7 @@ def test_accumulated_steps_equal_one_process(runs: dict[str, Path], method: str)
     want = _load(runs["single"], method, 0)
     r0, r1 = _load(runs["accumulate"], method, 0), _load(runs["accumulate"], method, 1)
     _assert_params_close(r0, want, f"accumulated {method}")
-    _assert_identical(r0["balancer"], r1["balancer"], f"accumulated {method} balancer state")
+    assert_identical(r0["balancer"], r1["balancer"], f"accumulated {method} balancer state")
 
 
 def test_traffic_per_step(runs: dict[str, Path]) -> None:
@@ -212,6 +199,6 @@ def test_one_ranks_non_finite_frontier_skips_the_step_on_every_rank(
         for p, q in zip(got["params"][1], got["params"][0], strict=True):
             assert torch.equal(p, q)  # nothing changed on step 1
         assert not torch.equal(got["params"][2][0], got["params"][1][0])  # training went on
-    _assert_identical(r0["params"], r1["params"], "parameters")
-    _assert_identical(r0["balancer"], r1["balancer"], "balancer state")
+    assert_identical(r0["params"], r1["params"], "parameters")
+    assert_identical(r0["balancer"], r1["balancer"], "balancer state")
     assert r0["frontier"][1] is None and r1["frontier"][1] is None

@@ -34,6 +34,8 @@ from mtlrec.models import torchrec_available
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_dmp_ckpt_worker.py"
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from _identical import assert_identical  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torchrec_available(), reason="torchrec is not installed")
 
@@ -182,23 +184,6 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"saved": saved, "ckpt": ckpt, "loaded": loaded}
 
 
-def _assert_identical(got: Any, want: Any, where: str = "") -> None:
-    if isinstance(want, torch.Tensor):
-        assert isinstance(got, torch.Tensor) and got.dtype == want.dtype, where
-        assert got.shape == want.shape, f"{where}: shape {got.shape} != {want.shape}"
-        assert torch.equal(got, want), f"{where}: max diff {(got - want).abs().max()}"
-    elif isinstance(want, dict):
-        assert isinstance(got, dict) and set(got) == set(want), f"{where}: {set(got)} {set(want)}"
-        for k in want:
-            _assert_identical(got[k], want[k], f"{where}[{k!r}]")
-    elif isinstance(want, list | tuple):
-        assert isinstance(got, list | tuple) and len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            _assert_identical(g, w, f"{where}[{i}]")
-    else:
-        assert got == want, where
-
-
 def _assert_not_trivial(saved: dict[str, Any], optimizer: str) -> None:
     """What the comparisons cover is not trivially equal to a fresh run: the fused state is
     not zero, the ranks' RNG streams differ, DB-MTL has state."""
@@ -215,9 +200,9 @@ def _assert_not_trivial(saved: dict[str, Any], optimizer: str) -> None:
 
 def _assert_loaded(got: dict[str, Any], want: dict[str, Any], optimizers: list[str]) -> None:
     for part in ("tables", "fused", "dense", "balancer"):
-        _assert_identical(got[part], want[part], part)
+        assert_identical(got[part], want[part], part)
     for name in optimizers:
-        _assert_identical(got["optimizers"][name], want["optimizers"][name], name)
+        assert_identical(got["optimizers"][name], want["optimizers"][name], name)
 
 
 # ---------------------------------------------------------------------- 2 -> 1
@@ -294,7 +279,7 @@ def test_one_step_after_2_to_1_equals_the_state_written_by_hand(
     by_hand.sync.close()
     assert (want["tables"]["user"] - saved["tables"]["user"]).abs().max() > 1e-4  # it moved
     for part in ("tables", "fused", "dense", "optimizers", "balancer", "rng"):
-        _assert_identical(got[part], want[part], part)
+        assert_identical(got[part], want[part], part)
 
 
 # ---------------------------------------------------------------------- 2 -> 2, 1 -> 2
@@ -313,7 +298,7 @@ def test_2_to_2_with_another_plan_loads_the_whole_saved_state(
     assert set(got["optimizers"]) == {"dense"}
     if name == "sgd":
         assert set(saved["optimizers"]) == {"dense", "replicated"}
-    _assert_identical(got["rng"], saved["rng"], "rng")
+    assert_identical(got["rng"], saved["rng"], "rng")
 
 
 def test_1_to_2_loads_the_whole_saved_state(jobs: dict[str, Any]) -> None:
@@ -376,7 +361,7 @@ def test_what_cannot_be_resharded_is_refused(world1: Path) -> None:
             load_sharded(ckpt, run.dmp, optimizers=optimizers, balancer=run.balancer, reshard=True)
         after = snapshot(run)
         for part in ("tables", "fused", "dense", "rng"):
-            _assert_identical(after[part], before[part], part)
+            assert_identical(after[part], before[part], part)
         run.sync.close()
 
     split, whole = ONE_SPLIT, ONE_WHOLE
@@ -489,8 +474,8 @@ def test_sharded_run_load_reshards(world1: Path) -> None:
     got = snapshot(again)
     again.sync.close()
     for part in ("tables", "fused", "dense", "balancer", "rng"):
-        _assert_identical(got[part], want[part], part)
-    _assert_identical(got["optimizers"]["dense"], want["optimizers"]["dense"], "dense")
+        assert_identical(got[part], want[part], part)
+    assert_identical(got["optimizers"]["dense"], want["optimizers"]["dense"], "dense")
 
 
 def test_a_sharded_table_becoming_data_parallel_is_gathered_whole(world1: Path) -> None:
@@ -524,5 +509,5 @@ def test_a_sharded_table_becoming_data_parallel_is_gathered_whole(world1: Path) 
     again.sync.close()
     assert not torch.equal(before, want["tables"]["item"])
     for part in ("tables", "dense", "balancer"):
-        _assert_identical(got[part], want[part], part)
+        assert_identical(got[part], want[part], part)
     assert got["fused"] == {} and want["fused"] == {}

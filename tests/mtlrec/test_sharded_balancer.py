@@ -18,6 +18,8 @@ from mtlrec.models import torchrec_available
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from _identical import assert_identical  # noqa: E402
 from _sharded_common import compare, reference, run_two, start  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torchrec_available(), reason="torchrec is not installed")
@@ -44,29 +46,13 @@ def _ranks(tmp_path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _assert_identical(a: object, b: object, where: str) -> None:
-    """Bit for bit (both ranks must hold the same state, not nearly the same)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_table_wise_through_the_balancer_equals_unsharded(case: str, tmp_path: Path) -> None:
     method, extra = CASES[case]
     config = {**BASE, "method": method, "sharding": TABLE_WISE, **extra}
     compare(run_two(config, tmp_path), reference(config), start(config))
     r0, r1 = _ranks(tmp_path)
-    _assert_identical(r0, r1, f"{case}: rank 0 vs rank 1")
+    assert_identical(r0, r1, f"{case}: rank 0 vs rank 1")
     assert not any(s.get("skipped") for s in r0["stats"])
 
 
@@ -86,7 +72,7 @@ def test_column_wise_and_data_parallel_through_the_balancer(tmp_path: Path) -> N
     assert got["replicated"] >= 1
     compare(got, reference(config), start(config))
     r0, r1 = _ranks(tmp_path)
-    _assert_identical(r0, r1, "rank 0 vs rank 1")  # (the replicated tables included)
+    assert_identical(r0, r1, "rank 0 vs rank 1")  # (the replicated tables included)
 
 
 def test_one_ranks_non_finite_frontier_skips_the_step_on_both(tmp_path: Path) -> None:
@@ -109,4 +95,4 @@ def test_one_ranks_non_finite_frontier_skips_the_step_on_both(tmp_path: Path) ->
     for r in (r0, r1):
         assert [s.get("skipped", 0.0) for s in r["stats"]] == [0.0, 1.0, 0.0, 0.0]
         assert r["balancer"]["step"] == 3
-    _assert_identical(r0, r1, "rank 0 vs rank 1")
+    assert_identical(r0, r1, "rank 0 vs rank 1")

@@ -21,6 +21,8 @@ from mtlrec.models import torchrec_available
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_dmp_ckpt_worker.py"
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from _identical import assert_identical  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torchrec_available(), reason="torchrec is not installed")
 
@@ -109,22 +111,6 @@ def killed_and_resumed(request: Any, tmp_path_factory: pytest.TempPathFactory) -
     }
 
 
-def _assert_identical(got: Any, want: Any, where: str = "") -> None:
-    if isinstance(want, torch.Tensor):
-        assert isinstance(got, torch.Tensor) and got.dtype == want.dtype, where
-        assert torch.equal(got, want), f"{where}: max diff {(got - want).abs().max()}"
-    elif isinstance(want, dict):
-        assert isinstance(got, dict) and set(got) == set(want), where
-        for k in want:
-            _assert_identical(got[k], want[k], f"{where}[{k!r}]")
-    elif isinstance(want, list | tuple):
-        assert isinstance(got, list | tuple) and len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            _assert_identical(g, w, f"{where}[{i}]")
-    else:
-        assert got == want, where
-
-
 def test_a_2_process_run_killed_and_resumed_continues_identically(
     killed_and_resumed: dict[str, Any],
 ) -> None:
@@ -152,7 +138,7 @@ def test_a_2_process_run_killed_and_resumed_continues_identically(
     if run["config"]["method"] == "dbmtl":
         assert full["balancer"], "DB-MTL has state (its moving averages)"
     for part in ("tables", "fused", "dense", "optimizers", "balancer", "rng"):
-        _assert_identical(resumed[part], full[part], part)
+        assert_identical(resumed[part], full[part], part)
 
 
 def test_a_kill_leaves_the_previous_complete_checkpoint(
@@ -252,7 +238,7 @@ def test_resume_restores_the_fused_optimizer_state(world1: Path) -> None:
     _train(again, config, range(2, 4))
     got = snapshot(again)
     for part in ("tables", "fused", "dense", "optimizers", "balancer", "rng"):
-        _assert_identical(got[part], want[part], part)
+        assert_identical(got[part], want[part], part)
 
     skipped = build(config)
     _load(skipped, ckpt)
@@ -301,7 +287,7 @@ def test_another_plan_is_refused_and_the_saved_plan_resumes(world1: Path) -> Non
     assert _load(same, ckpt).step == 1
     got = snapshot(same)
     for part in ("tables", "fused", "dense"):
-        _assert_identical(got[part], want[part], part)
+        assert_identical(got[part], want[part], part)
 
 
 def test_damaged_or_foreign_rank_file_is_refused(world1: Path) -> None:
