@@ -41,6 +41,8 @@ RUN = "sharded-log/dbmtl-seed0"
 
 # 2100 training rows in batches of 277: 7 full batches, split 138 / 139 across two ranks,
 # and a short last one of 161 (80 / 81): uneven shards and a batch-size change every epoch
+# 450 validation and 450 test rows in evaluation batches of 449: the last has 1 row, fewer
+# than the ranks
 SPEC = """
 name = "sharded-log"
 problem = "mtlrec.bench:synthetic_log_problem"
@@ -71,7 +73,7 @@ SHARDING = '{ t_C1 = "table_wise", C2 = "column_wise", C3 = "data_parallel" }'
 
 def _spec(folder: Path, tables: str, extra: str = "") -> Path:
     path = folder / f"{tables}.toml"
-    sections = model_and_train(tables, SHARDING, batch=277, eval_batch=1001)
+    sections = model_and_train(tables, SHARDING, batch=277, eval_batch=449)
     if extra:  # more [model] options
         sections = sections.replace("num_experts", f"{extra}\nnum_experts", 1)
     path.write_text(SPEC.format(model_and_train=sections))

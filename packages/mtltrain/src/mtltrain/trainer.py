@@ -583,12 +583,16 @@ class Trainer:
 
     def _eval_forward(self, inputs: Any, targets: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         """The predictions for an evaluation batch; with a sharded model each rank forwards
-        its slice (the lookup is a collective) and every rank gets the whole batch's."""
+        its slice (the lookup is a collective) and every rank gets the whole batch's. A batch
+        of fewer rows than ranks (a split's short last batch) is forwarded whole by every
+        rank: no slice may be empty, and every rank must join the lookup."""
         if self.sharded is None:
+            return self._forward(inputs)[1]
+        total = int(next(iter(targets.values())).shape[0])
+        if total < distributed.world_size():
             return self._forward(inputs)[1]
         mine, _, _ = distributed.split_batch(inputs, targets)
         _, preds = self._forward(mine)
-        total = int(next(iter(targets.values())).shape[0])
         return gather_slices({t: preds[t] for t in self.tasks}, total)
 
     def _forward(self, inputs: Any) -> tuple[Any, Mapping[str, Tensor]]:
