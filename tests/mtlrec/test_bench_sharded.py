@@ -39,10 +39,10 @@ pytestmark = pytest.mark.skipif(not torchrec_available(), reason="torchrec is no
 
 RUN = "sharded-log/dbmtl-seed0"
 
-# 2100 training rows in batches of 277: 7 full batches, split 138 / 139 across two ranks,
-# and a short last one of 161 (80 / 81): uneven shards and a batch-size change every epoch
-# 450 validation and 450 test rows in evaluation batches of 449: the last has 1 row, fewer
-# than the ranks
+# 3167 rows: 2217 for training in batches of 277, 8 full ones split 138 / 139 across two
+# ranks (uneven shards) and a last one of 1 row, fewer than the ranks (every rank takes it
+# whole); 475 validation and 475 test rows in evaluation batches of 474, the last of 1 row
+STEPS_PER_EPOCH = 9
 SPEC = """
 name = "sharded-log"
 problem = "mtlrec.bench:synthetic_log_problem"
@@ -50,7 +50,7 @@ methods = ["dbmtl"]
 seeds = 1
 
 [data]
-n = 3000
+n = 3167
 seed = 0
 
 {model_and_train}
@@ -73,7 +73,7 @@ SHARDING = '{ t_C1 = "table_wise", C2 = "column_wise", C3 = "data_parallel" }'
 
 def _spec(folder: Path, tables: str, extra: str = "") -> Path:
     path = folder / f"{tables}.toml"
-    sections = model_and_train(tables, SHARDING, batch=277, eval_batch=449)
+    sections = model_and_train(tables, SHARDING, batch=277, eval_batch=474)
     if extra:  # more [model] options
         sections = sections.replace("num_experts", f"{extra}\nnum_experts", 1)
     path.write_text(SPEC.format(model_and_train=sections))
@@ -99,7 +99,7 @@ def _kill_after_first_checkpoint(out: Path, spec: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL  # killed, not finished
-    assert load_file(manifest)["step"] < 2 * 8  # (8 steps an epoch)
+    assert load_file(manifest)["step"] < 2 * STEPS_PER_EPOCH
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_two_ranks_with_sharded_tables_train_what_one_process_trains(
     from mtltrain.trainer import seed_everything
 
     problem = synthetic_log_problem(
-        data={"n": 3000, "seed": 0},
+        data={"n": 3167, "seed": 0},
         model={"arch": "mmoe", "embedding_dim": 8, "num_experts": 2, "expert": [16], "tower": [8]},
     )
     seed_everything(0)  # as the runner does before make_model
@@ -266,15 +266,14 @@ def test_tables_drawn_on_their_shards(runs: dict[str, Path]) -> None:
 
 def test_saved_extra_reads_the_trainers_bookkeeping(runs: dict[str, Path], tmp_path: Path) -> None:
     """What the runner reads before resuming (the tracked run's id) without a model: rank 0's
-    saved values, checked against the manifest. 2100 rows in batches of 277: 8 steps an
-    epoch, 2 epochs."""
+    saved values, checked against the manifest (2 epochs)."""
     import shutil
 
     from mtlrec.sharded_checkpoint import CheckpointError, saved_extra
 
     folder = runs["two"] / "checkpoints" / RUN / "last"
     extra = saved_extra(folder)
-    assert (extra["epoch"], extra["step"], extra["batches_done"]) == (2, 16, 0)
+    assert (extra["epoch"], extra["step"], extra["batches_done"]) == (2, 2 * STEPS_PER_EPOCH, 0)
     assert (runs["two"] / "spool" / extra["tracker_run_id"]).is_dir()  # the run to reopen
     with pytest.raises(ValueError, match="rank 2 is not a rank"):
         saved_extra(folder, rank=2)

@@ -433,7 +433,7 @@ class Trainer:
             inputs, targets = self._unpack(batch)
             weight = None
             if self._split_batches:
-                inputs, targets, weight = distributed.split_batch(inputs, targets)
+                inputs, targets, weight = _rank_rows(inputs, targets)
             with self.precision.autocast():
                 rep, preds = self._forward(inputs)
             losses = self._losses(preds, targets)
@@ -487,7 +487,7 @@ class Trainer:
         if self._needs_after_step:
             weight = None
             if self._split_batches:
-                inputs, targets, weight = distributed.split_batch(inputs, targets)
+                inputs, targets, weight = _rank_rows(inputs, targets)
             with torch.no_grad(), self.precision.autocast():
                 _, preds = self._forward(inputs)
                 after = self._losses(preds, targets)
@@ -685,6 +685,18 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _rank_rows(inputs: Any, targets: Mapping[str, Any]) -> tuple[Any, dict[str, Any], float]:
+    """This rank's rows of a global batch and the weight of their mean loss
+    (:func:`~mtltrain.distributed.split_batch`). A batch of fewer rows than ranks (an epoch's
+    short last batch) cannot give every rank a slice: every rank then takes the whole batch
+    with weight 1 — the ranks' average of equal losses and gradients is the batch's own, so
+    the step is the one-process step (the ranks repeat the batch's small compute)."""
+    sizes = {int(t.shape[0]) for t in targets.values() if isinstance(t, Tensor) and t.dim() > 0}
+    if len(sizes) == 1 and min(sizes) < distributed.world_size():
+        return inputs, dict(targets), 1.0
+    return distributed.split_batch(inputs, targets)
+
+
 def _check_format(state: Mapping[str, Any]) -> None:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
