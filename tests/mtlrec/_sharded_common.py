@@ -167,3 +167,26 @@ def compare(got: dict[str, Any], want: dict[str, Any], start: dict[str, Any]) ->
 
 def start(config: dict[str, Any]) -> dict[str, Any]:
     return reference({**config, "steps": 0})
+
+
+CKPT_WORKER = HERE / "_dmp_ckpt_worker.py"
+CKPT_BOUND_S = 120  # one job takes ~12 s on a shared 2-core machine; far below a hang
+
+
+def ckpt_job(config: dict[str, Any], folder: Path, name: str) -> tuple[int, Path]:
+    """A 2-process job of ``_dmp_ckpt_worker.py`` (the checkpoint and reshard tests) with
+    ``config`` written to ``folder/<name>.json``: its exit code and the file of its results,
+    ``folder/<name>.pt``."""
+    from mtltrain import distributed
+
+    cfg = folder / f"{name}.json"
+    cfg.write_text(json.dumps(config))
+    out = folder / f"{name}.pt"
+    code = distributed.launch(
+        [sys.executable, str(CKPT_WORKER), str(cfg), str(out)],
+        2,
+        timeout_s=CKPT_BOUND_S,
+        grace_s=10,
+        extra_env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+    )
+    return code, out

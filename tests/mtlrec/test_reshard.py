@@ -20,7 +20,6 @@ Rank 0's RNG for every rank: 2 -> 2 (both cases) and 1 -> 2 fail."""
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,14 +31,13 @@ import torch
 from mtlrec.models import torchrec_available
 
 HERE = Path(__file__).resolve().parent
-WORKER = HERE / "_dmp_ckpt_worker.py"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _identical import assert_identical  # noqa: E402
+from _sharded_common import ckpt_job  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torchrec_available(), reason="torchrec is not installed")
 
-BOUND_S = 120  # one job takes ~12 s on a shared 2-core machine; far below a hang
 FEATURES = ("user", "item", "tags", "city")
 TABLE_WISE = {f: "table_wise" for f in FEATURES}
 BASE: dict[str, Any] = {
@@ -89,18 +87,7 @@ LOADS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def _job(config: dict[str, Any], folder: Path, name: str) -> dict[str, Any]:
-    from mtltrain import distributed
-
-    cfg = folder / f"{name}.json"
-    cfg.write_text(json.dumps(config))
-    out = folder / f"{name}.pt"
-    code = distributed.launch(
-        [sys.executable, str(WORKER), str(cfg), str(out)],
-        2,
-        timeout_s=BOUND_S,
-        grace_s=10,
-        extra_env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
-    )
+    code, out = ckpt_job(config, folder, name)
     assert code == 0, f"the 2-process job {name} failed"
     result: dict[str, Any] = torch.load(out, weights_only=True)
     return result

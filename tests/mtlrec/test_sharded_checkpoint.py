@@ -6,7 +6,6 @@ or non-plain ``extra`` values are refused with errors saying what to do."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from collections.abc import Iterator
@@ -19,14 +18,13 @@ import torch
 from mtlrec.models import torchrec_available
 
 HERE = Path(__file__).resolve().parent
-WORKER = HERE / "_dmp_ckpt_worker.py"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _identical import assert_identical  # noqa: E402
+from _sharded_common import ckpt_job  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torchrec_available(), reason="torchrec is not installed")
 
-BOUND_S = 120  # one job takes ~12 s on a shared 2-core machine; far below a hang
 TABLE_WISE = {f: "table_wise" for f in ("user", "item", "tags", "city")}
 BASE: dict[str, Any] = {
     "batch": 16,
@@ -59,22 +57,6 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def _job(config: dict[str, Any], folder: Path, name: str) -> tuple[int, Path]:
-    from mtltrain import distributed
-
-    cfg = folder / f"{name}.json"
-    cfg.write_text(json.dumps(config))
-    out = folder / f"{name}.pt"
-    code = distributed.launch(
-        [sys.executable, str(WORKER), str(cfg), str(out)],
-        2,
-        timeout_s=BOUND_S,
-        grace_s=10,
-        extra_env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
-    )
-    return code, out
-
-
 @pytest.fixture(scope="module", params=sorted(CASES))
 def killed_and_resumed(request: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An uninterrupted 2-process run; the same run with one rank SIGKILLed; the relaunch
@@ -84,12 +66,12 @@ def killed_and_resumed(request: Any, tmp_path_factory: pytest.TempPathFactory) -
     case = request.param
     folder = tmp_path_factory.mktemp(f"resume-{case}")
     config = {**BASE, **{k: v for k, v in CASES[case].items() if k != "kill"}}
-    code, out = _job({**config, "ckpt": str(folder / "full")}, folder, "full")
+    code, out = ckpt_job({**config, "ckpt": str(folder / "full")}, folder, "full")
     assert code == 0, "the uninterrupted run failed"
     full = torch.load(out, weights_only=True)
     cut_ckpt = folder / "cut"
     cut_config = {**config, "ckpt": str(cut_ckpt), "resume": True}
-    code, out = _job({**cut_config, "kill": CASES[case]["kill"]}, folder, "cut")
+    code, out = ckpt_job({**cut_config, "kill": CASES[case]["kill"]}, folder, "cut")
     assert code != 0 and not out.exists(), "the killed run did not fail"
     after_kill = {
         "manifest_step": load_file(cut_ckpt / "manifest.pt")["step"],
@@ -99,7 +81,7 @@ def killed_and_resumed(request: Any, tmp_path_factory: pytest.TempPathFactory) -
             if p.is_dir()
         ),
     }
-    code, out = _job(cut_config, folder, "resumed")
+    code, out = ckpt_job(cut_config, folder, "resumed")
     assert code == 0, "the resumed run failed"
     return {
         "case": case,
