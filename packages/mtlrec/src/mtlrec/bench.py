@@ -27,6 +27,7 @@ so Δp) are reported in the target's own units.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -86,10 +87,9 @@ def _problem(
         options["num_classes"] = classes
 
     def build() -> Any:
-        if on_shards:  # the tables on the meta device: DMP draws each rank's shards
-            with meta_tables():
-                return make_model(arch, features, kinds, dense_dim=dense_dim, **options)
-        return make_model(arch, features, kinds, dense_dim=dense_dim, **options)
+        # table_init = "shards": the tables on the meta device, DMP draws each rank's shards
+        with meta_tables() if on_shards else contextlib.nullcontext():
+            return make_model(arch, features, kinds, dense_dim=dense_dim, **options)
 
     build()  # fail now, not in the first run, on a bad option
     tasks = [
@@ -133,13 +133,12 @@ def _streaming_loader(fitted: FittedFeatures) -> Any:
     def loader(split: Any, batch_size: int, shuffle: bool) -> Any:
         if not isinstance(split, StreamedSplit):
             return make_loader(split, batch_size, shuffle)
-        import torch.distributed as dist
+        from mtltrain.distributed import world_size
+        from mtltrain.progress import rank
 
         from .data import ShardedParquetLoader
 
-        rank, world = 0, 1
-        if dist.is_available() and dist.is_initialized():
-            rank, world = dist.get_rank(), dist.get_world_size()
+        world = world_size()
         if batch_size % world:
             raise ValueError(
                 f"[train] batch_size = {batch_size} is the global batch of a streamed split: it "
@@ -149,7 +148,7 @@ def _streaming_loader(fitted: FittedFeatures) -> Any:
             list(split.paths),
             fitted,
             batch_size // world,
-            rank=rank,
+            rank=rank(),
             world=world,
             shuffle=shuffle and split.shuffle,
         )

@@ -100,7 +100,7 @@ class StreamedSplit:
 class TableData:
     """A validated ``[data]`` table: how to read the file(s), the feature spec, the metrics."""
 
-    files: dict[str, str]  # "path" or "train"/"val"/"test" -> path
+    files: dict[str, str]  # "path" or "train"/"val"/"test" -> path (stream: "val"/"test")
     split: tuple[float, float, float]
     split_seed: int
     val_fraction: float
@@ -208,11 +208,9 @@ def parse_table_data(data: Mapping[str, Any]) -> TableData:
         for k in ("path", "train", "val", "test")
         if k in data and not (k == "train" and stream is not None)
     }
-    if stream is not None:
-        files["train"] = stream.paths[0]
     if "path" in files and len(files) > 1:
         raise ValueError("[data]: give either path (one file, split) or train/val/test files")
-    if "path" not in files and not {"train", "test"} <= set(files):
+    if stream is None and "path" not in files and not {"train", "test"} <= set(files):
         raise ValueError(
             '[data]: name the data: path = "FILE" (split into train/val/test), or '
             'train = "FILE" and test = "FILE" (and optionally val)'

@@ -588,11 +588,11 @@ class Trainer:
         rank: no slice may be empty, and every rank must join the lookup."""
         if self.sharded is None:
             return self._forward(inputs)[1]
-        total = int(next(iter(targets.values())).shape[0])
-        if total < distributed.world_size():
-            return self._forward(inputs)[1]
-        mine, _, _ = distributed.split_batch(inputs, targets)
+        mine, _, _ = _rank_rows(inputs, targets)
         _, preds = self._forward(mine)
+        if mine is inputs:  # (fewer rows than ranks: every rank forwarded the whole batch)
+            return preds
+        total = int(next(iter(targets.values())).shape[0])
         return gather_slices({t: preds[t] for t in self.tasks}, total)
 
     def _forward(self, inputs: Any) -> tuple[Any, Mapping[str, Tensor]]:
@@ -656,9 +656,11 @@ class Trainer:
                 f"the optimizer does not hold the balancer's {len(missing)} learnable "
                 f"parameter(s) (e.g. UW's log-variances): add balancer.parameters() to it"
             )
-        model_params: list[Tensor] = [p for p in self.model.parameters() if p.requires_grad]
-        if self.sharded is not None:
-            model_params = self.sharded.replicated_parameters()
+        model_params: list[Tensor] = (
+            self.sharded.replicated_parameters()
+            if self.sharded is not None
+            else [p for p in self.model.parameters() if p.requires_grad]
+        )
         if not any(id(p) in in_opt for p in model_params):
             raise ValueError("the optimizer holds none of the model's parameters")
 

@@ -105,8 +105,18 @@ def _no_gradient_division(sharded: bool) -> Iterator[None]:
         comm_ops.set_gradient_division(before)
 
 
-def _other_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype != torch.float64 else torch.float32
+def _refill(leaf: Tensor, data: Tensor) -> None:
+    """``leaf.data = data``. When the shape changes (every refill of the table frontier: an
+    empty leaf between steps, a batch of any size in a step), the leaf's gradient
+    accumulator is dropped first: one kept alive by a graph of an earlier step that the
+    caller still holds expects the old shape, and the next backward through the leaf would
+    fail ("CatBackward0 returned an invalid gradient"). Setting ``.data`` of another dtype
+    drops it (autograd's ``set_data`` resets the accumulator on a type change; a size change
+    alone does not), so the next backward makes one of the new shape."""
+    if leaf.shape != data.shape:
+        other = torch.float64 if data.dtype != torch.float64 else torch.float32
+        leaf.data = torch.empty(0, dtype=other)
+    leaf.data = data
 
 
 class SparseEmbeddings(nn.Module):
@@ -301,7 +311,7 @@ class SparseEmbeddings(nn.Module):
         frontier = self._frontier
         assert frontier is not None
         frontier.grad = None
-        frontier.data = torch.zeros(0, self.output_dim, dtype=frontier.dtype)
+        _refill(frontier, torch.zeros(0, self.output_dim, dtype=frontier.dtype))
 
     def _split(self, pooled: Tensor) -> Tensor:
         """Forward of the split backward: keep ``pooled`` for :meth:`backward_tables`, hand
@@ -318,15 +328,7 @@ class SparseEmbeddings(nn.Module):
         self._pending = pooled
         frontier = self._frontier
         frontier.grad = None
-        if frontier.shape != pooled.shape:
-            # A batch of another size (an epoch's short last batch, an uneven split across
-            # ranks): the leaf's gradient accumulator, kept alive by any graph of an earlier
-            # step the caller still holds, expects the old shape, and a backward would fail
-            # ("CatBackward0 returned an invalid gradient"). Setting .data of another dtype
-            # drops that accumulator (autograd's set_data resets it on a type change; a size
-            # change alone does not), so the next backward makes one of the new shape.
-            frontier.data = torch.empty(0, dtype=_other_dtype(pooled.dtype))
-        frontier.data = pooled.detach()
+        _refill(frontier, pooled.detach())
         return frontier
 
     # ------------------------------------------------------------------ weights
